@@ -1,0 +1,241 @@
+"""Load matgl potentials (local directories first, the HuggingFace Hub second) and evaluate them.
+
+Every potential goes through :mod:`thermobench.matgl_compat`, so checkpoints trained with matgl's
+pre-3.0 message-passing convention compute what they were trained to compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.calculators.calculator import all_changes
+from ase.neighborlist import neighbor_list
+
+import matgl
+from matgl.apps.pes import Potential
+from matgl.ext.ase import Atoms2Graph, PESCalculator
+
+from thermobench.matgl_compat import (
+    METADATA_KEY,
+    Convention,
+    IncompatibleCheckpointError,
+    apply_convention,
+    detect_convention,
+)
+
+DEFAULT_POTENTIAL = "M3GNet-MP-2021.2.8-PES"
+MODELS_ENV = "THERMOBENCH_MODELS"
+MIN_INTERATOMIC_DISTANCE_A = 0.5
+_MODEL_FILES = ("model.json", "model.pt", "state.pt")
+
+
+class PotentialNotFoundError(FileNotFoundError):
+    """No local model directory and no Hub model matched a name."""
+
+
+class UnsupportedStructureError(ValueError):
+    """A structure the potential cannot evaluate (no cell, overlapping atoms, unknown element)."""
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in _MODEL_FILES)
+
+
+def model_search_dirs() -> list[Path]:
+    """Directories listed in ``THERMOBENCH_MODELS`` (os.pathsep-separated), in order."""
+    return [Path(p).expanduser() for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """Find the matgl model directory for a path, a name in ``THERMOBENCH_MODELS``, or a Hub name."""
+    path = Path(name_or_path).expanduser()
+    if _is_model_dir(path):
+        return path
+    if path.exists():
+        missing = [f for f in _MODEL_FILES if not (path / f).is_file()]
+        raise PotentialNotFoundError(f"{path} is not a matgl model directory: missing {', '.join(missing)}")
+    searched = model_search_dirs()
+    for directory in searched:
+        if _is_model_dir(directory / str(name_or_path)):
+            return directory / str(name_or_path)
+    try:
+        from matgl.utils.io import _get_file_paths  # Hub download into matgl's cache
+
+        return Path(_get_file_paths(path, str_path=str(name_or_path))["model.json"]).parent
+    except Exception as hub_error:
+        where = ", ".join(str(d) for d in searched) or f"nothing (set {MODELS_ENV})"
+        raise PotentialNotFoundError(
+            f"Unknown potential {str(name_or_path)!r}: not a model directory, not found in {MODELS_ENV} "
+            f"directories [{where}], and the HuggingFace Hub lookup failed ({type(hub_error).__name__}: "
+            f"{hub_error})."
+        ) from None
+
+
+def checkpoint_sha256(model_dir: str | os.PathLike) -> str:
+    """SHA-256 over the three matgl model files, for provenance."""
+    digest = hashlib.sha256()
+    for name in _MODEL_FILES:
+        digest.update((Path(model_dir) / name).read_bytes())
+    return digest.hexdigest()
+
+
+def load_potential(
+    name_or_path: str | os.PathLike = DEFAULT_POTENTIAL,
+    *,
+    convention: Convention | str | None = None,
+    device: str = "cpu",
+) -> Potential:
+    """Load a matgl ``Potential`` that computes what its checkpoint was trained to compute.
+
+    Args:
+        name_or_path: a model directory, a name found in ``THERMOBENCH_MODELS``, or a Hub name.
+        convention: override the detected message-passing convention; a request that contradicts
+            what the checkpoint is known to need is refused.
+        device: torch device for the model.
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    needed = detect_convention(model_dir)
+    if convention is not None and Convention(convention) is not needed:
+        raise IncompatibleCheckpointError(
+            f"{model_dir} was trained with the {needed.value}-aggregation convention; evaluating it with "
+            f"{Convention(convention).value} aggregation gives wrong energies and forces."
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Incompatible model version", category=UserWarning)
+        potential = matgl.load_model(model_dir)
+    apply_convention(potential, needed)
+    potential.thermobench_info = {  # provenance carried with the object
+        "name": Path(model_dir).name,
+        "path": str(model_dir),
+        "sha256": checkpoint_sha256(model_dir),
+        "convention": needed.value,
+        "matgl_version": matgl.__version__,
+    }
+    return potential.to(device).eval()
+
+
+def check_structure(atoms: Atoms, element_types: Sequence[str], label: str = "structure") -> None:
+    """Raise :class:`UnsupportedStructureError` naming what makes ``atoms`` unusable."""
+    if len(atoms) == 0:
+        raise UnsupportedStructureError(f"{label} has no atoms")
+    if not atoms.pbc.all() or abs(atoms.cell.volume) < 1e-8:
+        raise UnsupportedStructureError(
+            f"{label} ({atoms.get_chemical_formula()}) has no periodic 3D cell (pbc={atoms.pbc.tolist()}, "
+            f"volume={abs(atoms.cell.volume):.3g} A^3); thermobench evaluates crystals only"
+        )
+    unknown = sorted(set(atoms.get_chemical_symbols()) - set(element_types))
+    if unknown:
+        raise UnsupportedStructureError(f"{label} contains element(s) {', '.join(unknown)} the potential does not cover")
+    i, j, d = neighbor_list("ijd", atoms, MIN_INTERATOMIC_DISTANCE_A)
+    if len(d):
+        k = int(np.argmin(d))
+        raise UnsupportedStructureError(
+            f"{label}: atoms {i[k]} ({atoms[i[k]].symbol}) and {j[k]} ({atoms[j[k]].symbol}) are {d[k]:.3f} A "
+            f"apart, closer than {MIN_INTERATOMIC_DISTANCE_A} A"
+        )
+
+
+class ThermobenchCalculator(PESCalculator):
+    """matgl's ASE calculator with stress in eV/A^3 and input checks that name the problem."""
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):  # noqa: D102
+        check_structure(atoms if atoms is not None else self.atoms, self.potential.model.element_types)
+        super().calculate(atoms, properties, system_changes)
+
+
+def load_calculator(name_or_path: str | os.PathLike = DEFAULT_POTENTIAL, device: str = "cpu") -> PESCalculator:
+    """ASE calculator for a potential; stress in eV/A^3 as ASE filters and optimizers expect."""
+    return ThermobenchCalculator(load_potential(name_or_path, device=device), stress_unit="eV/A3")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Energies, forces and stresses of many configurations."""
+
+    energies_eV: np.ndarray  # (n_structures,)
+    forces_eV_A: list[np.ndarray]  # n_structures arrays of shape (n_atoms, 3)
+    stresses_eV_A3: np.ndarray | None  # (n_structures, 3, 3), ASE sign convention
+
+
+def _device_of(potential: Potential) -> torch.device:
+    return next(potential.parameters()).device
+
+
+def evaluate_batch(
+    potential: Potential,
+    structures: Sequence[Atoms],
+    *,
+    max_atoms_per_chunk: int = 2048,
+    compute_stress: bool = False,
+) -> BatchResult:
+    """Energies and forces of many structures, in batched graph passes of bounded size.
+
+    Structures are packed into chunks of at most ``max_atoms_per_chunk`` atoms (a structure larger
+    than that forms a chunk of its own); each chunk is one batched forward and backward pass.
+    """
+    from torch_geometric.data import Batch
+
+    element_types = potential.model.element_types
+    for index, atoms in enumerate(structures):
+        check_structure(atoms, element_types, label=f"structure {index}")
+    converter = Atoms2Graph(element_types=element_types, cutoff=potential.model.cutoff)
+    device = _device_of(potential)
+    energies: list[float] = []
+    forces: list[np.ndarray] = []
+    stresses: list[np.ndarray] = []
+
+    def run_chunk(chunk: list[Atoms]) -> None:
+        graphs, lattices, states = [], [], []
+        for atoms in chunk:
+            graph, lattice, state = converter.get_graph(atoms)
+            graphs.append(graph)
+            lattices.append(torch.as_tensor(np.asarray(lattice), dtype=matgl.float_th).reshape(3, 3))
+            states.append(np.asarray(state, dtype=float).reshape(-1))
+        batch = Batch.from_data_list(graphs).to(device)
+        lattice = torch.stack(lattices).to(device)
+        state_attr = torch.as_tensor(np.stack(states), dtype=matgl.float_th, device=device)
+        energy, force, stress = potential(batch, lattice, state_attr)[:3]
+        energies.extend(energy.detach().reshape(-1).cpu().numpy().tolist())
+        offsets = np.cumsum([0] + [len(a) for a in chunk])
+        force = force.detach().cpu().numpy()
+        forces.extend(force[offsets[k] : offsets[k + 1]] for k in range(len(chunk)))
+        if compute_stress:
+            stresses.extend(stress.detach().reshape(len(chunk), 3, 3).cpu().numpy() * units.GPa)
+
+    chunk: list[Atoms] = []
+    for atoms in structures:
+        if chunk and sum(map(len, chunk)) + len(atoms) > max_atoms_per_chunk:
+            run_chunk(chunk)
+            chunk = []
+        chunk.append(atoms)
+    if chunk:
+        run_chunk(chunk)
+    return BatchResult(
+        energies_eV=np.asarray(energies),
+        forces_eV_A=forces,
+        stresses_eV_A3=np.asarray(stresses) if compute_stress else None,
+    )
+
+
+def describe(potential: Potential) -> dict:
+    """Provenance of a potential loaded by :func:`load_potential` (name, checksum, convention)."""
+    return dict(getattr(potential, "thermobench_info", {}))
+
+
+def write_convention_metadata(model_dir: str | os.PathLike, convention: Convention) -> None:
+    """Record the convention in a saved model's ``model.json`` so it is never guessed again."""
+    path = Path(model_dir) / "model.json"
+    model_json = json.loads(path.read_text())
+    metadata = model_json.get("metadata") or {}
+    metadata[METADATA_KEY] = Convention(convention).value
+    model_json["metadata"] = metadata
+    path.write_text(json.dumps(model_json, indent=4, default=str))

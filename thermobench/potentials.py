@@ -67,17 +67,20 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     for directory in searched:
         if _is_model_dir(directory / str(name_or_path)):
             return directory / str(name_or_path)
-    try:
-        from matgl.utils.io import _get_file_paths  # Hub download into matgl's cache
+    where = ", ".join(str(d.resolve()) for d in searched) or f"none (set {MODELS_ENV})"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        hub = "Hub lookup skipped because HF_HUB_OFFLINE is set"
+    else:
+        try:
+            from matgl.utils.io import _get_file_paths  # downloads into matgl's Hub cache
 
-        return Path(_get_file_paths(path, str_path=str(name_or_path))["model.json"]).parent
-    except Exception as hub_error:
-        where = ", ".join(str(d) for d in searched) or f"nothing (set {MODELS_ENV})"
-        raise PotentialNotFoundError(
-            f"Unknown potential {str(name_or_path)!r}: not a model directory, not found in {MODELS_ENV} "
-            f"directories [{where}], and the HuggingFace Hub lookup failed ({type(hub_error).__name__}: "
-            f"{hub_error})."
-        ) from None
+            return Path(_get_file_paths(path, str_path=str(name_or_path))["model.json"]).parent
+        except Exception as hub_error:
+            hub = f"HuggingFace Hub lookup failed: {type(hub_error).__name__}: {hub_error}"
+    raise PotentialNotFoundError(
+        f"Unknown potential {str(name_or_path)!r}: not a model directory, not in the {MODELS_ENV} "
+        f"directories [{where}]; {hub}"
+    )
 
 
 def checkpoint_sha256(model_dir: str | os.PathLike) -> str:

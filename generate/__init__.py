@@ -1,0 +1,1 @@
+"""The thermobench generator: relax, phonons and beyond, one stage per module."""

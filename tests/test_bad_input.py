@@ -1,0 +1,66 @@
+"""Bad input gets an error that names the problem, never a traceback from inside torch."""
+
+import os
+
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+from thermobench.potentials import (
+    PotentialNotFoundError,
+    UnsupportedStructureError,
+    evaluate_batch,
+    load_calculator,
+    load_potential,
+)
+
+
+@pytest.fixture(scope="module")
+def potential(shared):
+    return load_potential("M3GNet-MP-2021.2.8-PES")
+
+
+def test_unknown_model_name_says_where_it_looked(shared, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PotentialNotFoundError) as error:
+        load_potential("No-Such-Potential-PES")
+    assert "No-Such-Potential-PES" in str(error.value)
+    assert str(shared / "models") in str(error.value)
+
+
+def test_directory_without_model_files_is_named(tmp_path):
+    with pytest.raises(PotentialNotFoundError, match="missing model.json"):
+        load_potential(tmp_path)
+
+
+def test_element_not_covered_is_named(potential):
+    atoms = bulk("Cu", "fcc", a=3.6)
+    atoms.symbols[0] = "Cm"  # curium: beyond the 89 elements of the model
+    with pytest.raises(UnsupportedStructureError, match="Cm"):
+        evaluate_batch(potential, [atoms])
+
+
+def test_atoms_closer_than_half_an_angstrom(potential):
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    atoms.positions[1] = atoms.positions[0] + [0.3, 0.0, 0.0]
+    with pytest.raises(UnsupportedStructureError, match=r"atoms 0 \(Na\) and 1 \(Cl\) are 0.300 A apart"):
+        evaluate_batch(potential, [atoms])
+
+
+def test_structure_without_periodic_cell(potential):
+    molecule = Atoms("NaCl", positions=[[0, 0, 0], [2.4, 0, 0]])
+    with pytest.raises(UnsupportedStructureError, match="no periodic 3D cell"):
+        evaluate_batch(potential, [molecule])
+
+
+def test_calculator_checks_too(shared):
+    atoms = Atoms("NaCl", positions=[[0, 0, 0], [2.4, 0, 0]])
+    atoms.calc = load_calculator("M3GNet-MP-2021.2.8-PES")
+    with pytest.raises(UnsupportedStructureError, match="no periodic 3D cell"):
+        atoms.get_potential_energy()
+
+
+def test_models_env_lists_several_directories(shared, tmp_path, monkeypatch):
+    monkeypatch.setenv("THERMOBENCH_MODELS", os.pathsep.join([str(tmp_path), str(shared / "models")]))
+    potential = load_potential("TensorNet-MatPES-PBE-v2025.1-PES")
+    assert type(potential.model).__name__ == "TensorNet"

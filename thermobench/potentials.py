@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms, units
-from ase.calculators.calculator import all_changes
+from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
 
 import matgl
@@ -227,6 +227,21 @@ def evaluate_batch(
         forces_eV_A=forces,
         stresses_eV_A3=np.asarray(stresses) if compute_stress else None,
     )
+
+
+def compute_forces(model: Potential | Calculator, structures: Sequence[Atoms]) -> list[np.ndarray]:
+    """Forces (eV/A) on many structures: batched for a matgl ``Potential``, looped for an ASE calculator.
+
+    Analytic ASE calculators (EMT, model Hamiltonians in tests) and potentials share one interface.
+    """
+    if isinstance(model, Potential):
+        return evaluate_batch(model, structures).forces_eV_A
+    forces = []
+    for atoms in structures:
+        atoms = atoms.copy()
+        atoms.calc = model
+        forces.append(np.array(atoms.get_forces()))
+    return forces
 
 
 def describe(potential: Potential) -> dict:

@@ -1,0 +1,1013 @@
+"""Stochastic self-consistent harmonic approximation (SSCHA): temperature-renormalized phonons.
+
+The SSCHA replaces the crystal's potential by the harmonic one (force constants Φ, centroids R)
+whose Gaussian density ρ_Φ,R of displacements minimises the free energy. At the minimum
+
+    Φ = ⟨∂²V/∂u∂u⟩_ρ   and   ⟨f⟩_ρ = 0,
+
+and Gaussian integration by parts turns the curvature average into forces: ⟨∂²V/∂u_a∂u_b⟩ =
+-Σ_c ⟨f_a u_c⟩ (C⁻¹)_cb, C being the displacement covariance of ρ. :func:`run_sscha` samples ρ,
+evaluates the forces of the ensemble, and moves Φ and R towards that fixed point, reusing an ensemble
+by importance reweighting until its effective sample size runs low.
+
+Two backends: ``direct`` evaluates every ensemble with the potential; ``surrogate``
+(:func:`run_sscha_surrogate`) fits a sparse 2nd-4th order force-constant expansion (hiphive) to a few
+dozen displaced supercells, runs the SSCHA on that cheap model with large ensembles, and checks the
+answer on a fresh ensemble evaluated by the potential.
+
+``python -m generate.sscha --structure NaCl --supercell 2 2 2 --temperature 300 --out result.json``
+writes the result as JSON (settings in ``conf/sscha.yaml``).
+
+Units: eV, Å, amu and ASE's time unit Å·sqrt(amu/eV) inside; frequencies are reported in THz.
+Mass-weighted coordinates v = sqrt(m) u are used throughout, so the dynamical matrix D = M^-½ Φ M^-½
+and the Gaussian's mode variances are those of independent oscillators.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator, all_changes
+
+HBAR_EV_T = units._hbar * units.J * units.second  # ħ in eV × ASE time units
+THZ_PER_OMEGA = units.second / (2 * np.pi * 1e12)  # angular frequency in ASE units -> THz
+UNSTABLE_TOLERANCE_THZ = 0.1  # as in generate.harmonic: ML potentials leave ±0.1 THz of noise
+
+
+@dataclass(frozen=True)
+class SSCHASettings:
+    temperature_K: float = 300.0
+    quantum: bool = True  # Bose-Einstein mode occupations; False: classical
+    n_configurations: int = 200  # per ensemble, in antithetic (±u) pairs
+    max_configurations: int = 6400  # ensembles grow up to this to reach frequency_error_target_THz
+    max_steps: int = 60
+    mixing: float = 1.0  # fraction of the preconditioned step taken
+    ess_threshold: float = 0.5  # draw a new ensemble below this Kong-Liu effective sample fraction
+    gradient_error_fraction: float = 0.5  # stop when the gradient is below this fraction of its error
+    relative_gradient_tolerance: float = 1e-10  # or when it vanishes against Φ (exactly harmonic V)
+    frequency_error_target_THz: float | None = None  # also require this stochastic error, growing ensembles
+    relax_centroids: bool = True
+    acoustic_sum_rule: bool = True  # off for on-site model potentials, see SupercellModel
+    min_frequency_THz: float = 0.5  # stabilization floor for non-acoustic modes
+    displacement_A: float = 0.01  # finite displacement of the harmonic force constants
+    symprec: float = 1e-5
+    primitive_matrix: str | tuple | None = "auto"
+    q_mesh: tuple[int, int, int] = (8, 8, 8)
+    n_error_batches: int = 10  # batches of antithetic pairs for the stochastic errors
+    max_atoms_per_chunk: int = 2048  # evaluate_batch chunk size
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SSCHAStep:
+    """One SSCHA step: the statistics of the auxiliary Φ before its update."""
+
+    step: int
+    n_configurations: int
+    new_ensemble: bool
+    effective_sample_fraction: float
+    free_energy_eV_atom: float
+    free_energy_error_eV_atom: float
+    gradient_norm: float  # Frobenius norm of the symmetrized gradient of D, eV/(Å² amu)
+    gradient_error: float  # its stochastic error
+    max_frequency_error_THz: float
+    min_frequency_THz: float
+    max_centroid_force_eV_A: float  # symmetrized average force
+    n_stabilized_modes: int  # modes of the updated Φ that the stabilization rule had to lift
+    n_potential_evaluations: int  # cumulative
+
+
+@dataclass(frozen=True)
+class UnstableMode:
+    qpoint: tuple[float, float, float]  # reduced coordinates of the primitive reciprocal lattice
+    band: int
+    frequency_THz: float  # negative: imaginary
+
+
+@dataclass(frozen=True)
+class SurrogateReport:
+    n_training_structures: int
+    n_parameters: int
+    n_nonzero_parameters: int
+    training_force_rmse_eV_A: float
+    verification_force_rmse_eV_A: float  # surrogate vs potential on a fresh SSCHA ensemble
+    verification_relative_force_error: float  # rmse / rms of the potential's forces
+    max_frequency_difference_THz: float  # one SSCHA update with the potential's forces
+    free_energy_difference_eV_atom: float
+    n_surrogate_evaluations: int
+
+
+@dataclass(frozen=True)
+class SSCHAResult:
+    temperature_K: float
+    quantum: bool
+    backend: str
+    converged: bool
+    status: str
+    supercell: Atoms  # centroids
+    force_constants_eV_A2: np.ndarray  # (N, N, 3, 3), phonopy's supercell order
+    harmonic_force_constants_eV_A2: np.ndarray
+    supercell_frequencies_THz: np.ndarray  # all 3N, sorted; negative: imaginary
+    supercell_frequency_errors_THz: np.ndarray  # stochastic, in the same order
+    harmonic_supercell_frequencies_THz: np.ndarray
+    unstable_harmonic_modes: tuple[UnstableMode, ...]
+    free_energy_eV_atom: float  # includes the potential energy: F = F_harm(Φ) + ⟨V - V_harm⟩
+    free_energy_error_eV_atom: float
+    sigma_A: float
+    n_potential_evaluations: int
+    history: tuple[SSCHAStep, ...]
+    seed: int
+    wall_time_s: float
+    commensurate_qpoints: np.ndarray
+    commensurate_frequencies_THz: np.ndarray  # (n_q, n_bands)
+    mesh_qpoints: np.ndarray
+    mesh_weights: np.ndarray
+    mesh_frequencies_THz: np.ndarray
+    surrogate: SurrogateReport | None = None
+    phonon: object = field(default=None, repr=False)  # phonopy.Phonopy with the SSCHA force constants
+
+    @property
+    def max_frequency_error_THz(self) -> float:
+        return float(self.supercell_frequency_errors_THz.max())
+
+    def to_json_dict(self) -> dict:
+        return {
+            "temperature_K": self.temperature_K,
+            "quantum": self.quantum,
+            "backend": self.backend,
+            "converged": self.converged,
+            "status": self.status,
+            "supercell_frequencies_THz": self.supercell_frequencies_THz.tolist(),
+            "supercell_frequency_errors_THz": self.supercell_frequency_errors_THz.tolist(),
+            "harmonic_supercell_frequencies_THz": self.harmonic_supercell_frequencies_THz.tolist(),
+            "unstable_harmonic_modes": [asdict(m) for m in self.unstable_harmonic_modes],
+            "free_energy_eV_atom": self.free_energy_eV_atom,
+            "free_energy_error_eV_atom": self.free_energy_error_eV_atom,
+            "sigma_A": self.sigma_A,
+            "n_potential_evaluations": self.n_potential_evaluations,
+            "history": [asdict(s) for s in self.history],
+            "seed": self.seed,
+            "wall_time_s": self.wall_time_s,
+            "commensurate_qpoints": self.commensurate_qpoints.tolist(),
+            "commensurate_frequencies_THz": self.commensurate_frequencies_THz.tolist(),
+            "mesh_qpoints": self.mesh_qpoints.tolist(),
+            "mesh_weights": self.mesh_weights.tolist(),
+            "mesh_frequencies_THz": self.mesh_frequencies_THz.tolist(),
+            "surrogate": asdict(self.surrogate) if self.surrogate is not None else None,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# The supercell: masses, symmetry, acoustic subspace
+
+
+@dataclass(frozen=True)
+class SupercellModel:
+    """What every step needs to know about the supercell.
+
+    ``acoustic_sum_rule``: for a crystal, translating every atom costs nothing, so Φ obeys
+    Σ_j Φ_ij = 0 and the three translations are zero modes that a Gaussian cannot sample; they are
+    excluded from the density and the sum rule is imposed on Φ. On-site model potentials (an
+    Einstein crystal of oscillators tied to fixed points) are not translation invariant: there the
+    rule would be wrong and all 3N modes are sampled.
+    """
+
+    phonon: object = field(repr=False)  # phonopy.Phonopy on the reference structure
+    atoms: Atoms  # reference supercell, phonopy's atom order, with masses
+    sqrt_masses: np.ndarray  # (3N,) sqrt(m) per Cartesian component
+    symmetry: object = field(repr=False)  # phonopy Symmetry of the supercell
+    basis: np.ndarray  # (3N, 3N or 3N-3) orthonormal basis of the sampled (non-acoustic) subspace
+    acoustic_sum_rule: bool
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.atoms)
+
+
+def to_phonopy_atoms(atoms: Atoms):
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    return PhonopyAtoms(
+        symbols=atoms.get_chemical_symbols(),
+        cell=atoms.cell.array,
+        scaled_positions=atoms.get_scaled_positions(),
+        masses=atoms.get_masses(),
+    )
+
+
+def supercell_model(atoms: Atoms, supercell_matrix, settings: SSCHASettings) -> SupercellModel:
+    from phonopy import Phonopy
+    from phonopy.structure.symmetry import Symmetry
+
+    matrix = np.array(supercell_matrix, dtype=int)
+    matrix = np.diag(matrix) if matrix.ndim == 1 else matrix
+    primitive = settings.primitive_matrix
+    primitive = np.array(primitive) if isinstance(primitive, list | tuple) else primitive
+    phonon = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=matrix, primitive_matrix=primitive, symprec=settings.symprec)
+    cell = phonon.supercell
+    supercell = Atoms(cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, masses=cell.masses, pbc=True)
+    sqrt_masses = np.repeat(np.sqrt(cell.masses), 3)
+    if settings.acoustic_sum_rule:
+        translations = np.zeros((3 * len(supercell), 3))
+        for alpha in range(3):
+            translations[alpha::3, alpha] = sqrt_masses[alpha::3]
+        # Columns of U beyond the first three span the complement of the mass-weighted translations.
+        u, _, _ = np.linalg.svd(translations / np.linalg.norm(translations, axis=0), full_matrices=True)
+        basis = u[:, 3:]
+    else:
+        basis = np.eye(3 * len(supercell))
+    return SupercellModel(
+        phonon=phonon,
+        atoms=supercell,
+        sqrt_masses=sqrt_masses,
+        symmetry=Symmetry(cell, symprec=settings.symprec),
+        basis=basis,
+        acoustic_sum_rule=settings.acoustic_sum_rule,
+    )
+
+
+def to_matrix(fc: np.ndarray) -> np.ndarray:
+    """(N, N, 3, 3) -> (3N, 3N)."""
+    n = fc.shape[0]
+    return fc.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+
+
+def to_blocks(matrix: np.ndarray) -> np.ndarray:
+    """(3N, 3N) -> (N, N, 3, 3)."""
+    n = matrix.shape[0] // 3
+    return np.ascontiguousarray(matrix.reshape(n, 3, n, 3).transpose(0, 2, 1, 3))
+
+
+def symmetrize_matrix(model: SupercellModel, matrix: np.ndarray, sum_rule: bool | None = None) -> np.ndarray:
+    """Space-group, index-permutation and (optionally) acoustic-sum-rule symmetrization of a (3N, 3N) FC.
+
+    phonopy's space-group average preserves the sum rule and the permutation symmetry; its
+    translational/permutation step can break the space group at round-off level, hence the order.
+    """
+    from phonopy.harmonic.force_constants import (
+        symmetrize_force_constants,
+        symmetrize_force_constants_by_space_group,
+    )
+
+    sum_rule = model.acoustic_sum_rule if sum_rule is None else sum_rule
+    fc = to_blocks(0.5 * (matrix + matrix.T))
+    if sum_rule:
+        symmetrize_force_constants(fc, level=3)
+    symmetrize_force_constants_by_space_group(fc, model.atoms.cell.array, model.symmetry)
+    out = to_matrix(fc)
+    return 0.5 * (out + out.T)
+
+
+def symmetrize_vector(model: SupercellModel, vectors: np.ndarray) -> np.ndarray:
+    """Average (N, 3) atomic vectors (forces) over the space group: zero where sites have no freedom."""
+    from phonopy.utils import similarity_transformation
+
+    rotations = model.symmetry.symmetry_operations["rotations"]
+    out = np.zeros_like(vectors)
+    lattice_T = model.atoms.cell.array.T
+    for rotation, perm in zip(rotations, model.symmetry.atomic_permutations, strict=True):
+        out[perm] += vectors @ similarity_transformation(lattice_T, rotation).T
+    return out / len(rotations)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Gaussian density of an auxiliary dynamical matrix
+
+
+@dataclass(frozen=True)
+class Modes:
+    omega: np.ndarray  # (n_modes,) angular frequencies, ASE units, positive
+    vectors: np.ndarray  # (3N, n_modes) mass-weighted eigenvectors
+    variance: np.ndarray  # (n_modes,) <v_mu^2> in amu Å^2
+    kappa: np.ndarray  # -dln(variance)/dln(omega^2): 1 classical, 1/2 at T = 0
+
+
+def mode_variance(omega: np.ndarray, temperature_K: float, quantum: bool) -> tuple[np.ndarray, np.ndarray]:
+    kT = units.kB * temperature_K
+    if not quantum:
+        return kT / omega**2, np.ones_like(omega)
+    x = HBAR_EV_T * omega / max(kT, 1e-300)
+    variance = HBAR_EV_T / (2 * omega) / np.tanh(x / 2)
+    kappa = 0.5 + np.where(x < 700, x / (2 * np.sinh(np.minimum(x, 700))), 0.0)
+    return variance, kappa
+
+
+def eigen(model: SupercellModel, dynamical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ω²) and mass-weighted eigenvectors of D on the sampled subspace."""
+    reduced = model.basis.T @ dynamical @ model.basis
+    values, vectors = np.linalg.eigh(0.5 * (reduced + reduced.T))
+    return values, model.basis @ vectors
+
+
+def stabilize(model: SupercellModel, dynamical: np.ndarray, min_frequency_THz: float) -> tuple[np.ndarray, int]:
+    """The stabilization rule: every sampled mode with ω² < ω_min² gets ω² = max(|ω²|, ω_min²).
+
+    An imaginary mode iν thus starts as a real mode of frequency ν (its curvature's magnitude, the
+    scale of the double well), and modes softer than ``min_frequency_THz`` are lifted to it so the
+    Gaussian stays narrow enough for the potential. Eigenvectors, and with them the symmetry, are
+    kept. Returns the new D and the number of modes changed.
+    """
+    omega2_min = (min_frequency_THz / THZ_PER_OMEGA) ** 2
+    values, vectors = eigen(model, dynamical)
+    lifted = values < omega2_min
+    if not lifted.any():
+        return dynamical, 0
+    new_values = np.where(lifted, np.maximum(np.abs(values), omega2_min), values)
+    return dynamical + (vectors * (new_values - values)) @ vectors.T, int(lifted.sum())
+
+
+def gaussian_modes(model: SupercellModel, dynamical: np.ndarray, settings: SSCHASettings) -> Modes:
+    values, vectors = eigen(model, dynamical)
+    omega = np.sqrt(np.maximum(values, 1e-12))
+    variance, kappa = mode_variance(omega, settings.temperature_K, settings.quantum)
+    return Modes(omega=omega, vectors=vectors, variance=variance, kappa=kappa)
+
+
+def harmonic_free_energy_eV(modes: Modes, temperature_K: float, quantum: bool) -> float:
+    kT = units.kB * temperature_K
+    energy = HBAR_EV_T * modes.omega
+    if not quantum:
+        return float(np.sum(kT * np.log(energy / kT)))
+    if kT == 0:
+        return float(np.sum(energy / 2))
+    return float(np.sum(energy / 2 + kT * np.log(-np.expm1(-energy / kT))))
+
+
+def frequencies_THz(dynamical: np.ndarray) -> np.ndarray:
+    """All 3N eigenfrequencies of a supercell dynamical matrix, sorted; imaginary as negative."""
+    values = np.linalg.eigvalsh(0.5 * (dynamical + dynamical.T))
+    return np.sort(np.sign(values) * np.sqrt(np.abs(values)) * THZ_PER_OMEGA)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ensembles
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    centroids_A: np.ndarray  # (N, 3) positions the displacements were drawn around
+    displacements_A: np.ndarray  # (n, N, 3), pairs (2k, 2k+1) are +u, -u
+    log_density: np.ndarray  # (n,) log of the drawing density (up to a shared constant)
+    energies_eV: np.ndarray
+    forces_eV_A: np.ndarray  # (n, N, 3)
+
+
+def log_gaussian(modes: Modes, mass_weighted: np.ndarray) -> np.ndarray:
+    amplitudes = mass_weighted @ modes.vectors
+    return -0.5 * np.sum(amplitudes**2 / modes.variance, axis=1) - 0.5 * np.sum(np.log(modes.variance))
+
+
+def draw_displacements(model: SupercellModel, modes: Modes, n_configurations: int, rng: np.random.Generator) -> np.ndarray:
+    """Antithetic pairs ±u from the Gaussian of ``modes`` (acoustic modes, when excluded, not excited)."""
+    n_pairs = max(1, n_configurations // 2)
+    amplitudes = rng.standard_normal((n_pairs, modes.omega.size)) * np.sqrt(modes.variance)
+    u = (amplitudes @ modes.vectors.T) / model.sqrt_masses
+    return np.stack([u, -u], axis=1).reshape(2 * n_pairs, model.n_atoms, 3)
+
+
+def evaluate(model, structures: list[Atoms], max_atoms_per_chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Energies and forces: batched through ``evaluate_batch`` for a matgl Potential, looped for ASE."""
+    if isinstance(model, Calculator):
+        energies, forces = [], []
+        for atoms in structures:
+            atoms = atoms.copy()
+            atoms.calc = model
+            energies.append(atoms.get_potential_energy())
+            forces.append(np.array(atoms.get_forces()))
+        return np.array(energies), np.array(forces)
+    from thermobench.potentials import evaluate_batch
+
+    result = evaluate_batch(model, structures, max_atoms_per_chunk=max_atoms_per_chunk)
+    return result.energies_eV, np.array(result.forces_eV_A)
+
+
+def new_ensemble(model: SupercellModel, potential, centroids_A, modes, n_configurations, rng, settings) -> Ensemble:
+    displacements = draw_displacements(model, modes, n_configurations, rng)
+    structures = []
+    for u in displacements:
+        atoms = model.atoms.copy()
+        atoms.positions = centroids_A + u
+        structures.append(atoms)
+    energies, forces = evaluate(potential, structures, settings.max_atoms_per_chunk)
+    mass_weighted = displacements.reshape(len(displacements), -1) * model.sqrt_masses
+    return Ensemble(
+        centroids_A=centroids_A.copy(),
+        displacements_A=displacements,
+        log_density=log_gaussian(modes, mass_weighted),
+        energies_eV=energies,
+        forces_eV_A=forces,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics of an ensemble for the current auxiliary system
+
+
+@dataclass(frozen=True)
+class Statistics:
+    weights: np.ndarray
+    effective_sample_fraction: float
+    gradient: np.ndarray  # symmetrized (3N, 3N) in D units: D - <d2V>
+    batch_gradients: np.ndarray  # (B, 3N, 3N) symmetrized
+    batch_weights: np.ndarray  # (B,)
+    free_energy_eV: float
+    free_energy_error_eV: float
+    mean_force_eV_A: np.ndarray  # (N, 3), symmetrized
+    frequency_errors_THz: np.ndarray  # per sampled mode, modes order
+
+    @property
+    def gradient_error(self) -> float:
+        deviations = self.batch_gradients - self.gradient
+        return float(np.sqrt(bessel(self.batch_weights) * np.sum(self.batch_weights[:, None, None] ** 2 * deviations**2)))
+
+
+def bessel(batch_weights: np.ndarray) -> float:
+    """B/(B-1): the spread of B batch means about their own mean underestimates their variance."""
+    return len(batch_weights) / max(len(batch_weights) - 1, 1)
+
+
+def pair_batches(n_configurations: int, n_batches: int) -> np.ndarray:
+    """Batch index of each configuration; both members of an antithetic pair share a batch."""
+    n_pairs = n_configurations // 2
+    return np.repeat(np.arange(n_pairs) % min(n_batches, n_pairs), 2)
+
+
+def ensemble_statistics(model, ensemble: Ensemble, dynamical, centroids_A, settings: SSCHASettings) -> Statistics:
+    modes = gaussian_modes(model, dynamical, settings)
+    n = len(ensemble.displacements_A)
+    u = ensemble.centroids_A + ensemble.displacements_A - centroids_A
+    v = u.reshape(n, -1) * model.sqrt_masses
+    log_w = log_gaussian(modes, v) - ensemble.log_density
+    weights = np.exp(log_w - log_w.max())
+    weights /= weights.sum()
+    ess = float(1.0 / np.sum(weights**2) / n)
+
+    # Control variate: subtracting the auxiliary's own forces -D v leaves the same mean (its exact
+    # value is D on the sampled subspace) but removes the harmonic part of the noise.
+    g = ensemble.forces_eV_A.reshape(n, -1) / model.sqrt_masses
+    residual = g + v @ dynamical
+    scaled = (v @ modes.vectors) / modes.variance  # C^-1 v in mode coordinates
+
+    def gradient_of(w: np.ndarray) -> np.ndarray:
+        raw = ((residual * w[:, None]).T @ scaled) @ modes.vectors.T / w.sum()
+        return symmetrize_mass_weighted(model, raw)
+
+    batch = pair_batches(n, settings.n_error_batches)
+    n_batches = batch.max() + 1
+    batch_weights = np.array([weights[batch == b].sum() for b in range(n_batches)])
+    batch_gradients = np.array([gradient_of(np.where(batch == b, weights, 0.0)) for b in range(n_batches)])
+    gradient = np.einsum("b,bij->ij", batch_weights, batch_gradients)  # = gradient_of(weights), linear
+
+    anharmonic = ensemble.energies_eV - 0.5 * np.einsum("ni,ij,nj->n", v, dynamical, v)
+    batch_anharmonic = np.array([np.sum(weights * anharmonic * (batch == b)) / batch_weights[b] for b in range(n_batches)])
+    mean_anharmonic = float(np.sum(weights * anharmonic))
+    free_energy_error = float(np.sqrt(bessel(batch_weights) * np.sum(batch_weights**2 * (batch_anharmonic - mean_anharmonic) ** 2)))
+
+    # First-order change of each mode's ω² under each batch's deviation of the gradient.
+    deviations = batch_gradients - gradient
+    domega2 = np.einsum("im,bij,jm->bm", modes.vectors, deviations, modes.vectors)
+    omega2_error = np.sqrt(bessel(batch_weights) * np.sum(batch_weights[:, None] ** 2 * domega2**2, axis=0))
+    frequency_errors = omega2_error / (2 * modes.omega) * THZ_PER_OMEGA
+
+    mean_force = symmetrize_vector(model, np.einsum("n,nij->ij", weights, ensemble.forces_eV_A))
+    return Statistics(
+        weights=weights,
+        effective_sample_fraction=ess,
+        gradient=gradient,
+        batch_gradients=batch_gradients,
+        batch_weights=batch_weights,
+        free_energy_eV=harmonic_free_energy_eV(modes, settings.temperature_K, settings.quantum) + mean_anharmonic,
+        free_energy_error_eV=free_energy_error,
+        mean_force_eV_A=mean_force,
+        frequency_errors_THz=frequency_errors,
+    )
+
+
+def symmetrize_mass_weighted(model: SupercellModel, matrix: np.ndarray) -> np.ndarray:
+    """Symmetrize a mass-weighted matrix (space-group operations only map atoms of equal mass)."""
+    m = model.sqrt_masses
+    projector = model.basis @ model.basis.T
+    sym = symmetrize_matrix(model, projector @ matrix @ projector * np.outer(m, m), sum_rule=False)
+    return projector @ (sym / np.outer(m, m)) @ projector
+
+
+def preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings) -> np.ndarray:
+    """A Newton-like step in the auxiliary's mode basis.
+
+    Let A_μ = <d2V>_μμ - D_harm,μμ be mode μ's anharmonic renormalization. With quartic
+    anharmonicity it is a sum over modes, A_μ = Σ_ν Λ_μν <v_ν²>, and the mean-field assumption that
+    every mode feeds it in proportion to its thermal amplitude, Λ_μν <v_ν²> ≈ A_μ w_ν with
+    w_ν = <v_ν²>/Σ<v²>, gives the Jacobian of the self-consistent map a rank-one form
+    -A bᵀ, b_ν = κ_ν w_ν/ω_ν² (κ = -dln<v²>/dlnω², 1 classically, 1/2 at T = 0). Newton's step on
+    the mode-diagonal residual then follows from Sherman-Morrison. It matters for strongly
+    stabilized double wells (A ≫ ω²), where the plain iteration D <- <d2V> overshoots and diverges;
+    components that do not change the thermal amplitudes get the plain step. A step that lowers ω²
+    is finally taken in 1/ω² (the mode's thermal amplitude), in which the residual is convex, so it
+    cannot cross zero. The fixed point (zero gradient) is unchanged.
+    """
+    modes = gaussian_modes(model, dynamical, settings)
+    omega2 = modes.omega**2
+    in_modes = modes.vectors.T @ gradient @ modes.vectors
+    target = dynamical - gradient
+    renormalization = np.einsum("im,ij,jm->m", modes.vectors, target - harmonic_dynamical, modes.vectors)
+    b = modes.kappa * modes.variance / modes.variance.sum() / omega2
+    residual = np.diag(in_modes).copy()
+    denominator = 1.0 + b @ renormalization
+    if denominator > 1.0:  # net hardening: the plain step overshoots
+        residual -= renormalization * (b @ residual) / denominator
+    residual *= omega2 / (omega2 + np.maximum(residual, 0.0))
+    np.fill_diagonal(in_modes, residual)
+    return modes.vectors @ in_modes @ modes.vectors.T
+
+
+def converged_gradient(gradient_norm, gradient_error, carried_error, dynamical_norm, settings) -> bool:
+    """The convergence criterion on the gradient.
+
+    The estimated gradient Ĝ carries the ensemble's noise δG, and on an ensemble independent of the
+    one that last moved Φ it also sees the noise Φ carries from that one (δΦ, ``carried_error``):
+    E|Ĝ|² = |G|² + δG² + δΦ². The true gradient is estimated as sqrt(max(0, |Ĝ|² - δG² - δΦ²)),
+    and it is at the noise level when that is at most ``gradient_error_fraction`` × δG.
+    :func:`run_sscha` iterates on one ensemble until this holds there (with δΦ = 0, Φ having been
+    fitted to that ensemble's own noise), and declares convergence only when it also holds on a
+    freshly drawn ensemble. A gradient that vanishes against D (``relative_gradient_tolerance``)
+    also counts: an exactly harmonic potential has no noise to compare with.
+    """
+    if gradient_norm <= settings.relative_gradient_tolerance * dynamical_norm:
+        return True
+    noise2 = gradient_error**2 + carried_error**2
+    return gradient_norm**2 - noise2 <= settings.gradient_error_fraction**2 * gradient_error**2
+
+
+# ----------------------------------------------------------------------------------------------
+# Harmonic start
+
+
+def harmonic_force_constants(model: SupercellModel, potential, settings: SSCHASettings) -> tuple[np.ndarray, int]:
+    """Finite-displacement FC (phonopy), symmetrized like every SSCHA step; returns (FC, evaluations)."""
+    phonon = model.phonon
+    phonon.generate_displacements(distance=settings.displacement_A)
+    structures = []
+    for cell in phonon.supercells_with_displacements:
+        structures.append(Atoms(cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, pbc=True))
+    _, forces = evaluate(potential, structures, settings.max_atoms_per_chunk)
+    phonon.forces = forces
+    phonon.produce_force_constants()
+    return to_blocks(symmetrize_matrix(model, to_matrix(phonon.force_constants))), len(structures)
+
+
+def unstable_modes(phonon, force_constants: np.ndarray, qpoints: np.ndarray) -> tuple[UnstableMode, ...]:
+    phonon.force_constants = force_constants
+    phonon.run_qpoints(qpoints)
+    frequencies = np.asarray(phonon.qpoints.frequencies)
+    return tuple(
+        UnstableMode(qpoint=tuple(float(x) for x in qpoints[i]), band=int(j), frequency_THz=float(frequencies[i, j]))
+        for i, j in zip(*np.nonzero(frequencies < -UNSTABLE_TOLERANCE_THZ), strict=True)
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The SSCHA loop
+
+
+def run_sscha(
+    atoms: Atoms,
+    potential,
+    supercell_matrix,
+    settings: SSCHASettings = SSCHASettings(),
+    *,
+    initial_force_constants: np.ndarray | None = None,
+    harmonic: tuple[np.ndarray, int] | None = None,
+) -> SSCHAResult:
+    """Run the SSCHA for ``atoms`` (primitive or unit cell, relaxed) in the given supercell.
+
+    ``potential`` is a matgl Potential (ensembles are evaluated in batches) or any ASE calculator.
+    The start is the harmonic force constants made stable by :func:`stabilize` (or
+    ``initial_force_constants``, (N, N, 3, 3) in phonopy's supercell order); ``harmonic`` passes
+    precomputed (harmonic FC, evaluations). Convergence is judged by :func:`converged_gradient`,
+    and also by ``frequency_error_target_THz`` when set, doubling the ensemble until the stochastic
+    error of every frequency is below it. Running out of steps or configurations is reported in
+    ``converged``/``status``, with the last state and the whole history.
+    """
+    from generate.harmonic import commensurate_qpoints
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(settings.seed)
+    model = supercell_model(atoms, supercell_matrix, settings)
+    fc_harmonic, evaluations = harmonic if harmonic is not None else harmonic_force_constants(model, potential, settings)
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    harmonic_dynamical = to_matrix(fc_harmonic) / mass_outer
+    start_fc = fc_harmonic if initial_force_constants is None else initial_force_constants
+    dynamical = symmetrize_mass_weighted_fc(model, to_matrix(start_fc) / mass_outer)
+    dynamical, _ = stabilize(model, dynamical, settings.min_frequency_THz)
+    centroids = model.atoms.positions.copy()
+
+    n_configurations = settings.n_configurations
+    ensemble, history, stats = None, [], None
+    converged, status, n_stabilized = False, f"not converged in {settings.max_steps} steps", 0
+    # Noise that Φ carries from the ensemble that last moved it: its gradient error, its per-mode
+    # frequency errors and its size. The harmonic start carries none.
+    carried_error, carried_frequency_errors, carried_size = 0.0, None, 0
+    for step in range(settings.max_steps):
+        fresh = ensemble is None
+        if not fresh:
+            stats = ensemble_statistics(model, ensemble, dynamical, centroids, settings)
+            fresh = stats.effective_sample_fraction < settings.ess_threshold
+        if fresh:
+            modes = gaussian_modes(model, dynamical, settings)
+            ensemble = new_ensemble(model, potential, centroids, modes, n_configurations, rng, settings)
+            evaluations += len(ensemble.energies_eV)
+            stats = ensemble_statistics(model, ensemble, dynamical, centroids, settings)
+        gradient_norm, gradient_error = float(np.linalg.norm(stats.gradient)), stats.gradient_error
+        history.append(
+            SSCHAStep(
+                step=step,
+                n_configurations=len(ensemble.energies_eV),
+                new_ensemble=fresh,
+                effective_sample_fraction=stats.effective_sample_fraction,
+                free_energy_eV_atom=stats.free_energy_eV / model.n_atoms,
+                free_energy_error_eV_atom=stats.free_energy_error_eV / model.n_atoms,
+                gradient_norm=gradient_norm,
+                gradient_error=gradient_error,
+                max_frequency_error_THz=float(stats.frequency_errors_THz.max()),
+                min_frequency_THz=float(frequencies_THz(dynamical)[0]),
+                max_centroid_force_eV_A=float(np.abs(stats.mean_force_eV_A).max()),
+                n_stabilized_modes=n_stabilized,
+                n_potential_evaluations=evaluations,
+            )
+        )
+        at_noise = converged_gradient(
+            gradient_norm, gradient_error, carried_error if fresh else 0.0, np.linalg.norm(dynamical), settings
+        )
+        if fresh and at_noise and n_stabilized == 0:
+            # An independent ensemble cannot tell the gradient from noise: Φ is self-consistent.
+            errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
+            target = settings.frequency_error_target_THz
+            if target is None or errors.max() <= target:
+                converged, status = True, "converged"
+                break
+            if carried_size >= settings.max_configurations:
+                status = f"frequency error {errors.max():.3g} THz above {target} THz with {carried_size} configurations"
+                break
+            # Errors scale as 1/sqrt(n): size the next ensembles for the target, and use this one.
+            needed = int(np.ceil(1.1 * max(carried_size, 2) * (errors.max() / target) ** 2 / 2)) * 2
+            n_configurations = min(max(n_configurations, needed), settings.max_configurations)
+        elif at_noise and not fresh:
+            # This ensemble has nothing more to say; check the result on an independent one.
+            ensemble = None
+            continue
+        step_matrix = preconditioned_step(model, dynamical, harmonic_dynamical, stats.gradient, settings)
+        dynamical = symmetrize_mass_weighted_fc(model, dynamical - settings.mixing * step_matrix)
+        dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
+        if settings.relax_centroids:
+            centroids = centroids + centroid_step(model, dynamical, stats.mean_force_eV_A, settings)
+        carried_error, carried_frequency_errors = gradient_error, stats.frequency_errors_THz
+        carried_size = len(ensemble.energies_eV)
+
+    final_errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
+    supercell = model.atoms.copy()
+    supercell.positions = centroids
+    fc = to_blocks(dynamical * mass_outer)
+    modes = gaussian_modes(model, dynamical, settings)
+    frequencies, errors = sorted_frequencies_with_errors(model, dynamical, modes, final_errors)
+    qpoints = commensurate_qpoints(model.phonon)
+    unstable = unstable_modes(model.phonon, fc_harmonic, qpoints)
+    model.phonon.force_constants = fc
+    model.phonon.run_qpoints(qpoints)
+    commensurate = np.asarray(model.phonon.qpoints.frequencies)
+    model.phonon.run_mesh(settings.q_mesh, is_gamma_center=True)
+    mesh = model.phonon.mesh
+    return SSCHAResult(
+        temperature_K=settings.temperature_K,
+        quantum=settings.quantum,
+        backend="direct",
+        converged=converged,
+        status=status,
+        supercell=supercell,
+        force_constants_eV_A2=fc,
+        harmonic_force_constants_eV_A2=fc_harmonic,
+        supercell_frequencies_THz=frequencies,
+        supercell_frequency_errors_THz=errors,
+        harmonic_supercell_frequencies_THz=frequencies_THz(harmonic_dynamical),
+        unstable_harmonic_modes=unstable,
+        free_energy_eV_atom=history[-1].free_energy_eV_atom,
+        free_energy_error_eV_atom=history[-1].free_energy_error_eV_atom,
+        sigma_A=anharmonicity_score(model, ensemble, stats.weights, fc_harmonic),
+        n_potential_evaluations=evaluations,
+        history=tuple(history),
+        seed=settings.seed,
+        wall_time_s=time.perf_counter() - start,
+        commensurate_qpoints=np.asarray(qpoints),
+        commensurate_frequencies_THz=commensurate,
+        mesh_qpoints=np.asarray(mesh.qpoints),
+        mesh_weights=np.asarray(mesh.weights),
+        mesh_frequencies_THz=np.asarray(mesh.frequencies),
+        phonon=model.phonon,
+    )
+
+
+def symmetrize_mass_weighted_fc(model: SupercellModel, dynamical: np.ndarray) -> np.ndarray:
+    """Symmetrize D as force constants Φ = M^½ D M^½ (space group, sum rule when on)."""
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    return symmetrize_matrix(model, dynamical * mass_outer) / mass_outer
+
+
+def centroid_step(model: SupercellModel, dynamical: np.ndarray, mean_force_eV_A: np.ndarray, settings) -> np.ndarray:
+    """Newton step of the centroids along the symmetrized average force, with D as the Hessian.
+
+    The force is averaged over the space group first, so only internal coordinates that symmetry
+    leaves free move (in NaCl or a cubic perovskite nothing moves).
+    """
+    modes = gaussian_modes(model, dynamical, settings)
+    g = mean_force_eV_A.reshape(-1) / model.sqrt_masses
+    dv = modes.vectors @ ((modes.vectors.T @ g) / modes.omega**2)
+    return settings.mixing * (dv / model.sqrt_masses).reshape(-1, 3)
+
+
+def sorted_frequencies_with_errors(model, dynamical, modes: Modes, mode_errors_THz) -> tuple[np.ndarray, np.ndarray]:
+    """All 3N frequencies sorted, with the stochastic error of each (acoustic zero modes: 0)."""
+    sampled = modes.omega * THZ_PER_OMEGA
+    n_acoustic = 3 * model.n_atoms - sampled.size
+    frequencies = np.concatenate([np.zeros(n_acoustic), sampled])
+    errors = np.concatenate([np.zeros(n_acoustic), mode_errors_THz])
+    order = np.argsort(frequencies, kind="stable")
+    return frequencies[order], errors[order]
+
+
+def anharmonicity_score(model: SupercellModel, ensemble: Ensemble, weights, fc_harmonic) -> float:
+    """σᴬ = sqrt(Σ(f - f_harm)² / Σf²) over the (reweighted) ensemble, Knoop et al. PRM 4, 083809 (2020).
+
+    f_harm = -Φ_harm u with u measured from the reference (static equilibrium) positions; the
+    thermal ensemble is the SSCHA's Gaussian instead of molecular dynamics.
+    """
+    n = len(ensemble.energies_eV)
+    u = (ensemble.centroids_A + ensemble.displacements_A - model.atoms.positions).reshape(n, -1)
+    forces = ensemble.forces_eV_A.reshape(n, -1)
+    harmonic = -u @ to_matrix(fc_harmonic).T
+    return float(np.sqrt(np.sum(weights[:, None] * (forces - harmonic) ** 2) / np.sum(weights[:, None] * forces**2)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Surrogate backend: a sparse force-constant expansion fitted with hiphive
+
+
+@dataclass(frozen=True)
+class SurrogateSettings:
+    n_training_structures: int = 40  # displaced supercells evaluated by the potential for the fit
+    cutoffs_A: tuple[float, float, float] | None = None  # orders 2, 3, 4; None: from cutoff_factors
+    cutoff_factors: tuple[float, float, float] = (1.45, 1.45, 1.05)  # × nearest-neighbour distance
+    fit_method: str = "ardr"  # trainstation: ardr | lasso | rfe | omp | least-squares | ...
+    n_configurations: int = 2000  # SSCHA ensembles on the surrogate
+    max_configurations: int = 64000
+    n_verification: int = 200  # fresh ensemble evaluated by the potential at the end
+
+
+class SurrogateCalculator(Calculator):
+    """E0 + ½uᵀΦ_harm u + a hiphive force-constant potential fitted to what Φ_harm misses.
+
+    The finite-displacement Φ_harm already holds every pair the supercell can see; the fit adds the
+    anharmonic (3rd, 4th order) terms and a short-ranged 2nd-order correction within the cutoffs.
+    """
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, reference: Atoms, energy0_eV: float, fc_harmonic: np.ndarray, fcp=None):
+        super().__init__()
+        self.reference = reference.positions.copy()
+        self.energy0_eV = energy0_eV
+        self.matrix = to_matrix(fc_harmonic)
+        self.fcp_calculator = None
+        if fcp is not None:
+            from hiphive.calculators import ForceConstantCalculator
+
+            self.fcp_calculator = ForceConstantCalculator(fcp.get_force_constants(reference))
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        u = (self.atoms.positions - self.reference).reshape(-1)
+        energy = self.energy0_eV + 0.5 * u @ self.matrix @ u
+        forces = -(self.matrix @ u).reshape(-1, 3)
+        if self.fcp_calculator is not None:
+            work = self.atoms.copy()
+            work.calc = self.fcp_calculator
+            energy += work.get_potential_energy()
+            forces = forces + work.get_forces()
+        self.results["energy"] = float(energy)
+        self.results["forces"] = forces
+
+
+def surrogate_cutoffs(atoms: Atoms, model: SupercellModel, settings: SurrogateSettings) -> list[float]:
+    """Cutoffs per order, from explicit values or nearest-neighbour multiples, kept inside the supercell."""
+    if settings.cutoffs_A is not None:
+        return list(settings.cutoffs_A)
+    distances = model.atoms.get_all_distances(mic=True)
+    nearest = float(distances[distances > 1e-6].min())
+    cell = model.atoms.cell.array
+    volume = abs(np.linalg.det(cell))
+    spacing = min(volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3))
+    return [min(factor * nearest, 0.99 * spacing / 2) for factor in settings.cutoff_factors]
+
+
+def fit_surrogate(atoms, model, potential, fc_harmonic, energy0_eV, sscha_settings, settings, rng):
+    """Fit the anharmonic residual to thermal displacements of the stabilized harmonic Gaussian."""
+    from hiphive import ClusterSpace, ForceConstantPotential, StructureContainer
+    from trainstation import Optimizer
+
+    dynamical = to_matrix(fc_harmonic) / np.outer(model.sqrt_masses, model.sqrt_masses)
+    dynamical, _ = stabilize(model, dynamical, sscha_settings.min_frequency_THz)
+    modes = gaussian_modes(model, dynamical, sscha_settings)
+    training = new_ensemble(
+        model, potential, model.atoms.positions, modes, settings.n_training_structures, rng, sscha_settings
+    )
+    cluster_space = ClusterSpace(atoms, surrogate_cutoffs(atoms, model, settings))
+    container = StructureContainer(cluster_space)
+    harmonic_only = SurrogateCalculator(model.atoms, energy0_eV, fc_harmonic)
+    for u, forces in zip(training.displacements_A, training.forces_eV_A, strict=True):
+        structure = model.atoms.copy()
+        structure.new_array("displacements", u)
+        displaced = model.atoms.copy()
+        displaced.positions += u
+        displaced.calc = harmonic_only
+        structure.new_array("forces", forces - displaced.get_forces())
+        container.add_structure(structure)
+    optimizer = Optimizer(container.get_fit_data(), fit_method=settings.fit_method, train_size=0.9, seed=sscha_settings.seed)
+    optimizer.train()
+    fcp = ForceConstantPotential(cluster_space, optimizer.parameters)
+    calculator = SurrogateCalculator(model.atoms, energy0_eV, fc_harmonic, fcp)
+    return calculator, training, optimizer
+
+
+def run_sscha_surrogate(
+    atoms: Atoms,
+    potential,
+    supercell_matrix,
+    settings: SSCHASettings = SSCHASettings(),
+    surrogate: SurrogateSettings = SurrogateSettings(),
+) -> SSCHAResult:
+    """The SSCHA on a hiphive surrogate of ``potential``, verified on a fresh ensemble of the potential.
+
+    Potential evaluations: the harmonic finite displacements, one undisplaced supercell (E0), the
+    training structures and the verification ensemble. The SSCHA itself runs on the surrogate with
+    ``surrogate.n_configurations`` per ensemble. The reported frequencies are the surrogate's;
+    ``surrogate`` in the result says how far the potential's own forces would move them.
+    """
+    start = time.perf_counter()
+    rng = np.random.default_rng([settings.seed, 1])  # a stream apart from the SSCHA's own
+    model = supercell_model(atoms, supercell_matrix, settings)
+    fc_harmonic, evaluations = harmonic_force_constants(model, potential, settings)
+    energy0 = float(evaluate(potential, [model.atoms], settings.max_atoms_per_chunk)[0][0])
+    calculator, training, optimizer = fit_surrogate(atoms, model, potential, fc_harmonic, energy0, settings, surrogate, rng)
+    evaluations += 1 + len(training.energies_eV)
+    cheap = replace(
+        settings, n_configurations=surrogate.n_configurations, max_configurations=surrogate.max_configurations
+    )
+    result = run_sscha(atoms, calculator, supercell_matrix, cheap, harmonic=(fc_harmonic, 0))
+
+    # Verification: a fresh ensemble of the final auxiliary system, evaluated by both.
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    dynamical = to_matrix(result.force_constants_eV_A2) / mass_outer
+    modes = gaussian_modes(model, dynamical, settings)
+    centroids = result.supercell.positions
+    real = new_ensemble(model, potential, centroids, modes, surrogate.n_verification, rng, settings)
+    evaluations += len(real.energies_eV)
+    structures = []
+    for u in real.displacements_A:
+        structure = model.atoms.copy()
+        structure.positions = centroids + u
+        structures.append(structure)
+    energies_s, forces_s = evaluate(calculator, structures)
+    rmse = float(np.sqrt(np.mean((forces_s - real.forces_eV_A) ** 2)))
+    stats_real = ensemble_statistics(model, real, dynamical, centroids, settings)
+    stats_surrogate = ensemble_statistics(model, replace(real, energies_eV=energies_s, forces_eV_A=forces_s), dynamical, centroids, settings)
+    corrected = symmetrize_mass_weighted_fc(model, dynamical - stats_real.gradient)
+    difference = np.abs(frequencies_THz(corrected) - frequencies_THz(dynamical)).max()
+    report = SurrogateReport(
+        n_training_structures=len(training.energies_eV),
+        n_parameters=int(optimizer.n_parameters),
+        n_nonzero_parameters=int(optimizer.n_nonzero_parameters),
+        training_force_rmse_eV_A=float(optimizer.rmse_train),
+        verification_force_rmse_eV_A=rmse,
+        verification_relative_force_error=rmse / float(np.sqrt(np.mean(real.forces_eV_A**2))),
+        max_frequency_difference_THz=float(difference),
+        free_energy_difference_eV_atom=float(stats_real.free_energy_eV - stats_surrogate.free_energy_eV) / model.n_atoms,
+        n_surrogate_evaluations=result.n_potential_evaluations,
+    )
+    return replace(
+        result,
+        backend="surrogate",
+        n_potential_evaluations=evaluations,
+        surrogate=report,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def settings_from_config(cfg) -> tuple[SSCHASettings, "SurrogateSettings"]:
+    from omegaconf import OmegaConf
+
+    def build(cls, node):
+        values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    return build(SSCHASettings, cfg.get("sscha")), build(SurrogateSettings, cfg.get("surrogate"))
+
+
+def load_config(argv: list[str] | None = None):
+    """conf/sscha.yaml, then --config FILE, then the flags, then --set key=value overrides."""
+    import argparse
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    parser = argparse.ArgumentParser(prog="python -m generate.sscha", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML merged over conf/sscha.yaml")
+    parser.add_argument("--structure", help="built-in name (thermobench.structures) or structure file")
+    parser.add_argument("--supercell", type=int, nargs=3, metavar=("N1", "N2", "N3"))
+    parser.add_argument("--temperature", type=float, help="K")
+    parser.add_argument("--potential", help="potential name or model directory")
+    parser.add_argument("--backend", choices=["direct", "surrogate"])
+    parser.add_argument("--classical", action="store_true", help="classical instead of quantum statistics")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--no-relax", action="store_true", help="use the structure as given")
+    parser.add_argument("--out", help="JSON result file")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. sscha.n_configurations=800")
+    args = parser.parse_args(argv)
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "sscha.yaml")
+    if args.config:
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(args.config))
+    flags = {
+        "structure": args.structure,
+        "supercell": list(args.supercell) if args.supercell else None,
+        "potential": args.potential,
+        "backend": args.backend,
+        "out": args.out,
+        "sscha.temperature_K": args.temperature,
+        "sscha.seed": args.seed,
+        "sscha.quantum": False if args.classical else None,
+        "relax": False if args.no_relax else None,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            OmegaConf.update(cfg, key, value)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.set))
+
+
+def write_json_atomically(path, data: dict) -> None:
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> SSCHAResult:
+    from generate.relax import RelaxSettings, relax
+    from thermobench.potentials import describe, load_calculator, load_potential
+    from thermobench.structures import load_structure
+
+    cfg = load_config(argv)
+    settings, surrogate_settings = settings_from_config(cfg)
+    atoms = load_structure(str(cfg.structure))
+    potential = load_potential(cfg.potential, device=cfg.device)
+    if cfg.relax:
+        atoms = relax(atoms, load_calculator(cfg.potential, device=cfg.device), RelaxSettings()).atoms
+    if cfg.backend == "direct":
+        result = run_sscha(atoms, potential, list(cfg.supercell), settings)
+    elif cfg.backend == "surrogate":
+        result = run_sscha_surrogate(atoms, potential, list(cfg.supercell), settings, surrogate_settings)
+    else:
+        raise ValueError(f"backend must be 'direct' or 'surrogate', not {cfg.backend!r}")
+    from omegaconf import OmegaConf
+
+    record = result.to_json_dict()
+    record["structure"] = str(cfg.structure)
+    record["supercell"] = list(cfg.supercell)
+    record["potential"] = describe(potential)
+    record["settings"] = OmegaConf.to_container(cfg, resolve=True)
+    write_json_atomically(cfg.out, record)
+    state = "converged" if result.converged else f"NOT converged ({result.status})"
+    print(
+        f"{atoms.get_chemical_formula()} {list(cfg.supercell)} at {settings.temperature_K} K ({cfg.backend}): {state} "
+        f"in {len(result.history)} steps, {result.n_potential_evaluations} potential evaluations, "
+        f"{result.wall_time_s:.1f} s"
+    )
+    print(
+        f"frequencies {result.supercell_frequencies_THz.min():.3f}..{result.supercell_frequencies_THz.max():.3f} THz "
+        f"(harmonic {result.harmonic_supercell_frequencies_THz.min():.3f}..), max stochastic error "
+        f"{result.max_frequency_error_THz:.3f} THz; F = {result.free_energy_eV_atom:.5f} ± "
+        f"{result.free_energy_error_eV_atom:.5f} eV/atom; sigma_A = {result.sigma_A:.3f}; wrote {cfg.out}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -758,7 +758,7 @@ def anharmonicity_score(model: SupercellModel, ensemble: Ensemble, weights, fc_h
 class SurrogateSettings:
     n_training_structures: int = 40  # displaced supercells evaluated by the potential for the fit
     cutoffs_A: tuple[float, float, float] | None = None  # orders 2, 3, 4; None: from cutoff_factors
-    cutoff_factors: tuple[float, float, float] = (1.45, 1.45, 1.05)  # × nearest-neighbour distance
+    cutoff_factors: tuple[float, float, float] = (1.8, 1.8, 1.45)  # × nearest-neighbour distance
     fit_method: str = "ardr"  # trainstation: ardr | lasso | rfe | omp | least-squares | ...
     n_configurations: int = 2000  # SSCHA ensembles on the surrogate
     max_configurations: int = 64000
@@ -769,46 +769,69 @@ class SurrogateCalculator(Calculator):
     """E0 + ½uᵀΦ_harm u + a hiphive force-constant potential fitted to what Φ_harm misses.
 
     The finite-displacement Φ_harm already holds every pair the supercell can see; the fit adds the
-    anharmonic (3rd, 4th order) terms and a short-ranged 2nd-order correction within the cutoffs.
+    anharmonic (3rd, 4th order) terms and a 2nd-order correction within the cutoffs. hiphive needs
+    cutoffs below half the cell it works in, so a configuration of the SSCHA supercell is tiled
+    ``tiling`` times along each axis (its periodic images displaced alike, as the potential sees
+    them) and the forces of the first copy are taken.
     """
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, reference: Atoms, energy0_eV: float, fc_harmonic: np.ndarray, fcp=None):
+    def __init__(self, reference: Atoms, energy0_eV: float, fc_harmonic: np.ndarray, fcp=None, tiling: int = 1):
         super().__init__()
         self.reference = reference.positions.copy()
         self.energy0_eV = energy0_eV
         self.matrix = to_matrix(fc_harmonic)
+        self.tiling = tiling
         self.fcp_calculator = None
         if fcp is not None:
             from hiphive.calculators import ForceConstantCalculator
 
-            self.fcp_calculator = ForceConstantCalculator(fcp.get_force_constants(reference))
+            self.tiled = reference.repeat(tiling)  # copies in order: the first N atoms are the original
+            with quiet_hiphive():
+                self.fcp_calculator = ForceConstantCalculator(fcp.get_force_constants(self.tiled))
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        u = (self.atoms.positions - self.reference).reshape(-1)
-        energy = self.energy0_eV + 0.5 * u @ self.matrix @ u
-        forces = -(self.matrix @ u).reshape(-1, 3)
+        u = self.atoms.positions - self.reference
+        flat = u.reshape(-1)
+        energy = self.energy0_eV + 0.5 * flat @ self.matrix @ flat
+        forces = -(self.matrix @ flat).reshape(-1, 3)
         if self.fcp_calculator is not None:
-            work = self.atoms.copy()
+            work = self.tiled.copy()
+            work.positions += np.tile(u, (self.tiling**3, 1))
             work.calc = self.fcp_calculator
-            energy += work.get_potential_energy()
-            forces = forces + work.get_forces()
+            energy += work.get_potential_energy() / self.tiling**3
+            forces = forces + work.get_forces()[: len(u)]
         self.results["energy"] = float(energy)
         self.results["forces"] = forces
 
 
-def surrogate_cutoffs(atoms: Atoms, model: SupercellModel, settings: SurrogateSettings) -> list[float]:
-    """Cutoffs per order, from explicit values or nearest-neighbour multiples, kept inside the supercell."""
-    if settings.cutoffs_A is not None:
-        return list(settings.cutoffs_A)
+class quiet_hiphive:
+    """hiphive logs cluster-space summaries at INFO level; keep them out of our output."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("hiphive")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def surrogate_cutoffs(model: SupercellModel, settings: SurrogateSettings) -> tuple[list[float], int]:
+    """Cutoffs per order (explicit, or multiples of the nearest-neighbour distance) and the tiling of
+    the supercell that keeps them below half its smallest plane spacing, as hiphive requires."""
     distances = model.atoms.get_all_distances(mic=True)
     nearest = float(distances[distances > 1e-6].min())
+    cutoffs = list(settings.cutoffs_A) if settings.cutoffs_A is not None else [f * nearest for f in settings.cutoff_factors]
     cell = model.atoms.cell.array
     volume = abs(np.linalg.det(cell))
     spacing = min(volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3))
-    return [min(factor * nearest, 0.99 * spacing / 2) for factor in settings.cutoff_factors]
+    tiling = int(np.floor(2 * max(cutoffs) / spacing)) + 1
+    return cutoffs, tiling
 
 
 def fit_surrogate(atoms, model, potential, fc_harmonic, energy0_eV, sscha_settings, settings, rng):
@@ -822,21 +845,27 @@ def fit_surrogate(atoms, model, potential, fc_harmonic, energy0_eV, sscha_settin
     training = new_ensemble(
         model, potential, model.atoms.positions, modes, settings.n_training_structures, rng, sscha_settings
     )
-    cluster_space = ClusterSpace(atoms, surrogate_cutoffs(atoms, model, settings))
-    container = StructureContainer(cluster_space)
+    cutoffs, tiling = surrogate_cutoffs(model, settings)
     harmonic_only = SurrogateCalculator(model.atoms, energy0_eV, fc_harmonic)
-    for u, forces in zip(training.displacements_A, training.forces_eV_A, strict=True):
-        structure = model.atoms.copy()
-        structure.new_array("displacements", u)
-        displaced = model.atoms.copy()
-        displaced.positions += u
-        displaced.calc = harmonic_only
-        structure.new_array("forces", forces - displaced.get_forces())
-        container.add_structure(structure)
-    optimizer = Optimizer(container.get_fit_data(), fit_method=settings.fit_method, train_size=0.9, seed=sscha_settings.seed)
-    optimizer.train()
-    fcp = ForceConstantPotential(cluster_space, optimizer.parameters)
-    calculator = SurrogateCalculator(model.atoms, energy0_eV, fc_harmonic, fcp)
+    tiled = model.atoms.repeat(tiling)
+    copies = tiling**3
+    with quiet_hiphive():
+        cluster_space = ClusterSpace(atoms, cutoffs)
+        container = StructureContainer(cluster_space)
+        for u, forces in zip(training.displacements_A, training.forces_eV_A, strict=True):
+            displaced = model.atoms.copy()
+            displaced.positions += u
+            displaced.calc = harmonic_only
+            structure = tiled.copy()
+            structure.new_array("displacements", np.tile(u, (copies, 1)))
+            structure.new_array("forces", np.tile(forces - displaced.get_forces(), (copies, 1)))
+            container.add_structure(structure)
+        optimizer = Optimizer(
+            container.get_fit_data(), fit_method=settings.fit_method, train_size=0.9, seed=sscha_settings.seed
+        )
+        optimizer.train()
+        fcp = ForceConstantPotential(cluster_space, optimizer.parameters)
+    calculator = SurrogateCalculator(model.atoms, energy0_eV, fc_harmonic, fcp, tiling)
     return calculator, training, optimizer
 
 

@@ -656,6 +656,8 @@ def run_sscha(
             needed = int(np.ceil(1.1 * max(carried_size, 2) * (errors.max() / target) ** 2 / 2)) * 2
             n_configurations = min(max(n_configurations, needed), settings.max_configurations)
         elif at_noise and not fresh:
+            if step == settings.max_steps - 1:
+                break  # no step left to check on a fresh ensemble; keep this one for the final statistics
             # This ensemble has nothing more to say; check the result on an independent one.
             ensemble = None
             continue

@@ -14,6 +14,7 @@ _LAZY = {
     "load_potential": "thermobench.potentials",
     "load_calculator": "thermobench.potentials",
     "evaluate_batch": "thermobench.potentials",
+    "load_dataset": "thermobench.dataset",
 }
 
 

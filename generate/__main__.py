@@ -1,0 +1,25 @@
+"""``python -m generate [key=value ...]``: run the generation pipeline (settings in conf/generate.yaml)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, open_dict
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    from generate.pipeline import run
+
+    with open_dict(cfg):
+        cfg.command_line = "python -m generate " + " ".join(sys.argv[1:])
+    summary = run(cfg)
+    print(
+        f"[generate] {summary.n_done} done, {summary.n_failed} failed, {summary.n_skipped} already finished "
+        f"of {summary.n_materials} in {summary.wall_time_s:.0f} s; records in {summary.run_folder}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Where the pipeline's crystals come from: the built-in set, a folder of files, or Materials Project.
+
+Each source returns :class:`thermobench.families.Material` objects whose ``build`` makes the
+starting cell; reading happens inside ``build``, so an unreadable file becomes that material's
+failure record (stage ``load``) instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ase import Atoms
+
+from thermobench.families import Material, builtin_materials
+
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".extxyz", ".xyz", ".traj", ".json")
+POSCAR_NAMES = ("POSCAR", "CONTCAR")
+
+
+def builtin_source(families=None, ids=None, limit: int | None = None) -> list[Material]:
+    materials = builtin_materials(families=families, ids=ids)
+    return materials[:limit] if limit is not None else materials
+
+
+def _read_structure(path: Path) -> Atoms:
+    from ase.io import read
+
+    try:
+        atoms = read(path, index=0)
+    except Exception as error:
+        raise ValueError(f"cannot read a crystal structure from {path}: {type(error).__name__}: {error}") from error
+    if not isinstance(atoms, Atoms) or len(atoms) == 0:
+        raise ValueError(f"{path} holds no atoms")
+    return atoms
+
+
+def _formula_guess(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", path.stem) or path.stem
+
+
+def directory_source(directory: str | os.PathLike, family: str = "user") -> list[Material]:
+    """Every structure file in ``directory`` (CIF, POSCAR/CONTCAR, extxyz, ...), sorted by name.
+
+    The material id is ``file-<file stem>``; every file gets the structure family ``family``.
+    """
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"structure directory {directory} does not exist")
+    files = sorted(
+        p for p in directory.iterdir()
+        if p.is_file() and (p.suffix.lower() in STRUCTURE_SUFFIXES or p.name.startswith(POSCAR_NAMES))
+    )
+    if not files:
+        raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_SUFFIXES)}, POSCAR*) in {directory}")
+    materials = []
+    for path in files:
+        stem = path.stem if path.suffix else path.name
+        materials.append(
+            Material(
+                material_id=f"file-{stem}",
+                name=stem,
+                formula=_formula_guess(path),
+                family=family,
+                build=_FileBuilder(path),
+                source="file",
+                source_id=str(path),
+            )
+        )
+    return materials
+
+
+class _FileBuilder:
+    """Picklable reader (Ray ships it to workers)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __call__(self) -> Atoms:
+        return _read_structure(self.path)
+
+
+class _AtomsBuilder:
+    def __init__(self, atoms: Atoms):
+        self.atoms = atoms
+
+    def __call__(self) -> Atoms:
+        return self.atoms.copy()
+
+
+def materials_project_source(material_ids, api_key: str | None = None, family: str = "materials-project") -> list[Material]:
+    """Structures by Materials Project id (``pip install thermobench[materials-project]``, an API key in
+    ``MP_API_KEY`` or ``api_key``, and a network)."""
+    try:
+        from mp_api.client import MPRester
+    except ImportError as error:
+        raise ImportError(
+            "the Materials Project source needs mp-api: pip install 'thermobench[materials-project]'"
+        ) from error
+    api_key = api_key or os.environ.get("MP_API_KEY")
+    if not api_key:
+        raise RuntimeError("the Materials Project source needs an API key: set MP_API_KEY or source.mp_api_key")
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    ids = [str(i) for i in material_ids]
+    try:
+        with MPRester(api_key) as rester:
+            docs = rester.materials.summary.search(material_ids=ids, fields=["material_id", "structure", "formula_pretty"])
+    except Exception as error:
+        raise RuntimeError(f"Materials Project query for {ids} failed (network or key?): {type(error).__name__}: {error}") from error
+    found = {str(doc.material_id): doc for doc in docs}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise KeyError(f"Materials Project returned no structure for {missing}")
+    materials = []
+    for mp_id in ids:
+        doc = found[mp_id]
+        atoms = AseAtomsAdaptor.get_atoms(doc.structure)
+        materials.append(
+            Material(mp_id, doc.formula_pretty, doc.formula_pretty, family, _AtomsBuilder(atoms), "materials-project", mp_id)
+        )
+    return materials
+
+
+def materials_from_config(source) -> list[Material]:
+    """Materials of the ``source`` config group (kind: builtin | directory | materials_project)."""
+    kind = source.kind
+    if kind == "builtin":
+        families = list(source.families) if source.get("families") else None
+        ids = list(source.ids) if source.get("ids") else None
+        return builtin_source(families, ids, source.get("limit"))
+    if kind == "directory":
+        if not source.get("directory"):
+            raise ValueError("source.kind=directory needs source.directory=PATH")
+        materials = directory_source(source.directory, source.get("family") or "user")
+        return materials[: source.limit] if source.get("limit") else materials
+    if kind == "materials_project":
+        if not source.get("mp_ids"):
+            raise ValueError("source.kind=materials_project needs source.mp_ids=[mp-149,...]")
+        return materials_project_source(list(source.mp_ids), source.get("mp_api_key"))
+    raise ValueError(f"source.kind must be builtin, directory or materials_project, not {kind!r}")

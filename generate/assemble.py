@@ -105,7 +105,9 @@ def build_dataset_dicts(rows: list[dict]):
     """{config: DatasetDict(train, validation, test)} with the declared features, grouped by material."""
     from datasets import Dataset, DatasetDict
 
-    table = Dataset.from_list(rows, features=features())
+    from thermobench.dataset import COLUMN_NAMES
+
+    table = Dataset.from_list([{name: row[name] for name in COLUMN_NAMES} for row in rows], features=features())
     out = {}
     for config in CONFIGS:
         labels = [split_of(m, f, config) for m, f in zip(table["material_id"], table["family"], strict=True)]
@@ -164,7 +166,7 @@ def _configs_yaml(dicts) -> str:
             if not len(dicts[config][split]):
                 continue
             lines.append(f"  - split: {split}")
-            lines.append(f"    path: {config}/{split}.parquet")
+            lines.append(f"    path: {config}/{split}*.parquet")  # also matches push_to_hub shard names
     return "\n".join(lines)
 
 

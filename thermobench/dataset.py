@@ -217,4 +217,10 @@ def load_dataset(name_or_path: str | os.PathLike = "thermobench-mini", split: st
 
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}; choose one of {', '.join(CONFIGS)}")
-    return datasets.load_dataset(resolve_dataset(name_or_path), name=name, split=split, **kwargs)
+    source = resolve_dataset(name_or_path)
+    if Path(source).is_dir():
+        # datasets' cache can serve an older build of a re-assembled local folder; local data is small,
+        # so it is always read afresh.
+        kwargs.setdefault("download_mode", "force_redownload")
+        kwargs.setdefault("features", features())
+    return datasets.load_dataset(source, name=name, split=split, **kwargs)

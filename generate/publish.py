@@ -1,0 +1,53 @@
+"""``python -m generate.publish --repo-id OWNER/NAME [--folder DIR] [--tag v0.1.0]``: push an assembled
+dataset folder to the HuggingFace Hub.
+
+Each split configuration is pushed with ``DatasetDict.push_to_hub(config_name=...)`` (Parquet shards
+under ``<config>/``), then the folder's dataset card (whose ``configs`` paths match those shards)
+and ``failures.jsonl`` replace the generated card. ``--tag`` marks the release so users can pin it
+with ``revision=``; a published version is never overwritten (make a new tag). Needs a network and a
+token (``huggingface-cli login`` or ``HF_TOKEN``); never run in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from thermobench.dataset import CONFIGS, EMBEDDED
+
+
+def publish(folder: Path, repo_id: str, tag: str | None = None, private: bool = False) -> None:
+    import datasets
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "README.md").is_file():
+        raise FileNotFoundError(f"{folder} has no README.md: run python -m generate.assemble first")
+    api = HfApi()
+    if tag is not None:
+        existing = {t.name for t in api.list_repo_refs(repo_id, repo_type="dataset").tags} if api.repo_exists(repo_id, repo_type="dataset") else set()
+        if tag in existing:
+            raise ValueError(f"{repo_id} already has a release {tag!r}; published versions are immutable, choose a new tag")
+    for config in CONFIGS:
+        dataset_dict = datasets.load_dataset(str(folder), config)
+        dataset_dict.push_to_hub(repo_id, config_name=config, private=private, commit_message=f"thermobench: {config} splits")
+    api.upload_file(path_or_fileobj=str(folder / "README.md"), path_in_repo="README.md", repo_id=repo_id, repo_type="dataset")
+    if (folder / "failures.jsonl").is_file():
+        api.upload_file(path_or_fileobj=str(folder / "failures.jsonl"), path_in_repo="failures.jsonl", repo_id=repo_id, repo_type="dataset")
+    if tag is not None:
+        api.create_tag(repo_id, tag=tag, repo_type="dataset")
+    print(f"[publish] {folder} -> https://huggingface.co/datasets/{repo_id}" + (f" (tag {tag})" if tag else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m generate.publish", description=__doc__.split("\n")[0])
+    parser.add_argument("--repo-id", required=True, help="Hub dataset repo, OWNER/NAME")
+    parser.add_argument("--folder", default=str(EMBEDDED["thermobench-mini"]), help="assembled dataset folder")
+    parser.add_argument("--tag", help="release tag, e.g. v0.1.0")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    publish(Path(args.folder), args.repo_id, args.tag, args.private)
+
+
+if __name__ == "__main__":
+    main()

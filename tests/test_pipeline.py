@@ -1,0 +1,186 @@
+"""Generation pipeline: resumable records, failure records, Ray end to end, physics helpers.
+
+Crystals are computed with ASE's EMT (fcc metals) and tiny settings so each run takes seconds; the
+physics of relax/harmonic/SSCHA is tested in their own test files.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generate.pipeline import (
+    choose_supercell,
+    frequency_shifts,
+    load_model,
+    mode_thermodynamics,
+    run,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "potential=EMT",
+    "supercell.min_atoms=4",
+    "supercell.max_atoms=8",
+    "sscha.n_configurations=40",
+    "sscha.max_steps=6",
+    "harmonic.q_mesh=[4,4,4]",
+    "dos.n_points=51",
+    "relax.max_steps=50",
+]
+
+
+def compose(*overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="generate", overrides=[*TINY, *overrides])
+
+
+def records_of(out_dir: Path) -> dict:
+    (run_folder,) = [p for p in out_dir.iterdir() if (p / "manifest.json").is_file()]
+    return {p.stem: json.loads(p.read_text()) for p in (run_folder / "records").glob("*.json")}
+
+
+def test_kill_midway_and_resume_loses_and_recomputes_nothing(tmp_path):
+    out = tmp_path / "run"
+    ids = "source.ids=[fcc-Cu,fcc-Al,fcc-Ni]"
+    command = [sys.executable, "-m", "generate", *TINY, ids, "executor.kind=serial", f"out_dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None:
+            if out.is_dir() and any(out.glob("*/records/*.json")):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run finished before it could be killed; make it longer"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    first = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*/records/*.json")}
+    assert 1 <= len(first) < 3
+
+    summary = run(compose(ids, "executor.kind=serial", f"out_dir={out}"), progress=False)
+    assert summary.n_skipped == len(first)
+    assert summary.n_done == 3 - len(first) and summary.n_failed == 0
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*/records/*.json")}
+    assert len(after) == 3
+    for name, state in first.items():
+        assert after[name] == state, f"{name} was recomputed"
+    assert {r["status"] for r in records_of(out).values()} == {"ok"}
+    manifest = json.loads(next(out.glob("*/manifest.json")).read_text())
+    assert len(manifest["runs"]) == 2 and manifest["runs"][1]["n_skipped"] == len(first)
+
+    # A third run with the same settings does nothing; changed settings go to a new folder.
+    assert run(compose(ids, "executor.kind=serial", f"out_dir={out}"), progress=False).n_done == 0
+    changed = run(compose("source.ids=[fcc-Cu]", "executor.kind=serial", f"out_dir={out}", "seed=1"), progress=False)
+    assert changed.n_done == 1 and len([p for p in out.iterdir() if (p / "manifest.json").is_file()]) == 2
+
+
+def test_broken_file_and_unsupported_element_give_failure_records(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    structures = tmp_path / "structures"
+    structures.mkdir()
+    write(structures / "Cu.cif", bulk("Cu", "fcc", a=3.6))
+    write(structures / "NaCl.vasp", bulk("NaCl", "rocksalt", a=5.64), format="vasp")
+    (structures / "broken.cif").write_text("data_broken\n_cell_length_a not-a-number\nthis is no CIF\n")
+    out = tmp_path / "run"
+    summary = run(
+        compose("source.kind=directory", f"source.directory={structures}", "executor.kind=serial", f"out_dir={out}"),
+        progress=False,
+    )
+    assert (summary.n_done, summary.n_failed) == (1, 2)
+    records = records_of(out)
+    assert records["file-Cu"]["status"] == "ok" and len(records["file-Cu"]["rows"]) == 3
+    broken = records["file-broken"]
+    assert broken["status"] == "failed" and broken["stage"] == "load"
+    assert "broken.cif" in broken["reason"] and "Traceback" in broken["traceback"]
+    unsupported = records["file-NaCl"]
+    assert unsupported["status"] == "failed" and unsupported["stage"] == "check"
+    assert "Cl" in unsupported["reason"] and "Na" in unsupported["reason"]
+
+
+def test_two_crystals_end_to_end_on_local_ray(tmp_path):
+    ray = pytest.importorskip("ray")
+    from generate.assemble import assemble
+    from thermobench.dataset import COLUMN_NAMES, features, load_dataset
+
+    out = tmp_path / "run"
+    cfg = compose("source.ids=[fcc-Cu,fcc-Al]", "executor.kind=ray", "executor.ray.num_cpus=1", f"out_dir={out}")
+    try:
+        summary = run(cfg, progress=False)
+    finally:
+        ray.shutdown()
+    assert (summary.n_done, summary.n_failed) == (2, 0)
+    stats = assemble(out, tmp_path / "dataset")
+    assert stats["n_materials"] == 2 and stats["n_rows"] == 6
+    loaded = load_dataset(str(tmp_path / "dataset"), name="random")
+    seen = {}
+    for split, dataset in loaded.items():
+        assert dataset.features == features()
+        assert list(dataset.column_names) == list(COLUMN_NAMES)
+        for material in set(dataset["material_id"]):
+            assert seen.setdefault(material, split) == split
+    assert set(seen) == {"fcc-Cu", "fcc-Al"}
+    rows = [row for dataset in loaded.values() for row in dataset]
+    for row in rows:
+        assert row["potential"] == "EMT" and row["sscha_n_configurations"] >= 40
+        assert row["kappa_ratio"] is None and row["kappa_null_reason"]
+        # EMT copper hardens slightly with temperature in the SSCHA: shifts are small and positive.
+        assert 0 < row["mean_relative_frequency_shift"] < 0.2
+        assert len(row["renormalized_frequencies_THz"]) == 3 * row["n_supercell_atoms"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers with exact answers
+
+
+def test_mode_thermodynamics_classical_limit():
+    """At kT ≫ hν every mode has C_v → k_B and F → kT ln(hν/kT)."""
+    nu = np.array([0.0, 1.0, 2.0, 3.0])
+    temperature = 1e5
+    free, entropy, heat = mode_thermodynamics(nu, temperature, n_atoms=1, tolerance_THz=0.1)
+    kT = 8.617333e-5 * temperature
+    h = 4.135667696e-3
+    assert heat == pytest.approx(3.0, rel=1e-6)
+    assert free == pytest.approx(np.sum(kT * np.log(h * nu[1:] / kT)), rel=1e-4)
+    assert entropy == pytest.approx(np.sum(1 - np.log(h * nu[1:] / kT)), rel=1e-4)
+    zero_point, s0, c0 = mode_thermodynamics(nu, 0.0, 1, 0.1)
+    assert zero_point == pytest.approx(h * 6 / 2) and s0 == c0 == 0
+
+
+def test_frequency_shifts_definition():
+    harmonic = np.array([0.0, 0.0, 0.0, 0.2, 2.0, 4.0])
+    renormalized = np.array([0.0, 0.0, 0.0, 0.5, 2.2, 3.8])
+    mean, largest, n, reason = frequency_shifts(harmonic, renormalized, 0, 0.5)
+    assert n == 2 and reason is None
+    assert mean == pytest.approx((0.1 - 0.05) / 2) and largest == pytest.approx(0.1)
+    assert frequency_shifts(harmonic, renormalized, 2, 0.5)[3].startswith("2 harmonic imaginary")
+
+
+def test_choose_supercell_bounds():
+    from ase.build import bulk
+
+    fcc = bulk("Cu", "fcc", a=3.6)
+    assert np.prod(np.diag(choose_supercell(fcc, 16, 64))) == 27
+    assert np.prod(np.diag(choose_supercell(bulk("Cu", "sc", a=4.0), 16, 64))) == 27
+    big = bulk("Cu", "fcc", a=3.6).repeat((2, 2, 2))  # 8 atoms: 2x2x2 would be 64 > 40
+    assert np.prod(np.diag(choose_supercell(big, 16, 40))) * 8 <= 40
+    assert (choose_supercell(fcc, 16, 64, [2, 2, 2]) == np.diag([2, 2, 2])).all()
+
+
+def test_emt_potential_provenance():
+    loaded = load_model("EMT")
+    assert loaded.name == "EMT" and len(loaded.sha256) == 64 and "Cu" in loaded.element_types

@@ -1,0 +1,153 @@
+"""Dataset schema, splits, assembly checks, the built-in crystal set and the embedded thermobench-mini."""
+
+import json
+import math
+
+import pytest
+
+from generate.assemble import InvalidRecordError, NULL_REASONS, validate_rows
+from thermobench.dataset import (
+    COLUMNS,
+    CONFIGS,
+    EMBEDDED,
+    OOD_TEST_FAMILIES,
+    SPLITS,
+    features,
+    load_dataset,
+    resolve_dataset,
+    split_of,
+)
+from thermobench.families import BUILTIN_MATERIALS, FAMILIES, builtin_materials, elements_of
+
+MINI = EMBEDDED["thermobench-mini"]
+REQUIRED = [
+    "material_id", "name", "formula", "family", "spacegroup_number", "spacegroup_symbol", "lattice_vectors",
+    "cartesian_site_positions", "species_at_sites", "nsites", "elements", "chemical_formula_reduced",
+    "supercell_matrix", "temperature_K", "harmonic_frequencies_THz", "renormalized_frequencies_THz",
+    "n_imaginary_harmonic", "harmonic_min_frequency_THz", "free_energy_harmonic_eV_atom", "free_energy_sscha_eV_atom",
+    "sigma_A", "mean_relative_frequency_shift", "max_relative_frequency_shift", "kappa_harmonic_W_mK",
+    "kappa_renormalized_W_mK", "kappa_ratio", "kappa_null_reason", "sscha_converged", "frequency_error_THz",
+    "free_energy_error_eV_atom", "n_potential_evaluations", "potential", "potential_sha256", "thermobench_version",
+    "package_versions", "seed", "settings_fingerprint", "dataset_version",
+]
+
+
+def test_schema_holds_the_promised_columns():
+    names = [c.name for c in COLUMNS]
+    assert len(names) == len(set(names))
+    assert set(REQUIRED) <= set(names)
+    assert list(features()) == names
+    for target, reason in NULL_REASONS.items():
+        assert {c.name: c for c in COLUMNS}[target].nullable and reason in names
+
+
+def test_splits_are_deterministic_and_grouped():
+    ids = [(m.material_id, m.family) for m in BUILTIN_MATERIALS]
+    for config in CONFIGS:
+        labels = [split_of(i, f, config) for i, f in ids]
+        assert labels == [split_of(i, f, config) for i, f in ids]
+        assert set(labels) == set(SPLITS)
+    for material_id, family in ids:
+        in_test = split_of(material_id, family, "ood") == "test"
+        assert in_test == (family in OOD_TEST_FAMILIES)
+    random_test = sum(split_of(i, f, "random") == "test" for i, f in ids) / len(ids)
+    assert 0.03 < random_test < 0.2
+    with pytest.raises(ValueError, match="unknown split configuration"):
+        split_of("x", "fcc", "scaffold")
+
+
+def test_builtin_crystals_are_many_real_and_covered_by_the_default_potential():
+    from ase.data import chemical_symbols
+
+    assert len(BUILTIN_MATERIALS) >= 100 and len(FAMILIES) >= 15
+    assert len({m.material_id for m in BUILTIN_MATERIALS}) == len(BUILTIN_MATERIALS)
+    # element_types of M3GNet-MP-2021.2.8 (H..Pu without the noble-gas-free gaps it lacks)
+    m3gnet = set(chemical_symbols[1:95]) - {"Po", "At", "Rn", "Fr", "Ra"}
+    assert elements_of(BUILTIN_MATERIALS) <= m3gnet
+    first_round = builtin_materials()[: len(FAMILIES)]
+    assert {m.family for m in first_round} == set(FAMILIES)  # round-robin: a short run covers every family
+    with pytest.raises(KeyError, match="unknown structure famil"):
+        builtin_materials(families=["quasicrystal"])
+
+
+@pytest.mark.parametrize("material_id,spacegroup,nsites", [
+    ("rocksalt-NaCl", 225, 2), ("wurtzite-GaN", 186, 4), ("rutile-TiO2", 136, 6), ("perovskite-cubic-SrTiO3", 221, 5),
+    ("perovskite-tetragonal-PbTiO3", 99, 5), ("double-perovskite-vacancy-ordered-Cs2SnI6", 225, 9),
+    ("antifluorite-Li2O", 225, 3), ("half-heusler-TiNiSn", 216, 3), ("A15-Nb3Sn", 223, 8),
+])
+def test_builtin_prototypes_have_the_right_symmetry(material_id, spacegroup, nsites):
+    import spglib
+
+    (material,) = builtin_materials(ids=[material_id])
+    atoms = material.atoms()
+    cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)
+    assert spglib.get_symmetry_dataset(cell, symprec=1e-3).number == spacegroup
+    assert len(atoms) == nsites
+
+
+def _row():
+    """A row with every column present and valid, for the validation tests."""
+    row = {}
+    for c in COLUMNS:
+        row[c.name] = {"string": "x", "int32": 1, "int64": 1, "float64": 1.0, "bool": True}.get(c.dtype, [])
+    return row
+
+
+def test_validation_rejects_nan_and_unexplained_nulls():
+    validate_rows([_row()])
+    bad = _row()
+    bad["sigma_A"] = math.nan
+    with pytest.raises(InvalidRecordError, match="sigma_A holds non-finite"):
+        validate_rows([bad])
+    bad = _row()
+    bad["renormalized_frequencies_THz"] = [1.0, math.inf]
+    with pytest.raises(InvalidRecordError, match="non-finite"):
+        validate_rows([bad])
+    bad = _row()
+    bad["kappa_ratio"], bad["kappa_null_reason"] = None, None
+    with pytest.raises(InvalidRecordError, match="kappa_ratio is null without a reason"):
+        validate_rows([bad])
+    bad = _row()
+    bad["sigma_A"] = None
+    with pytest.raises(InvalidRecordError, match="not nullable"):
+        validate_rows([bad])
+    bad = _row()
+    del bad["formula"]
+    with pytest.raises(InvalidRecordError, match="missing columns"):
+        validate_rows([bad])
+
+
+def test_resolve_dataset_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no README.md"):
+        resolve_dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not an embedded dataset"):
+        resolve_dataset("no-such-dataset")
+    assert resolve_dataset("owner/name") == "owner/name"  # a Hub id is passed through
+    with pytest.raises(ValueError, match="unknown configuration"):
+        load_dataset("thermobench-mini", name="scaffold")
+
+
+@pytest.mark.skipif(not (MINI / "README.md").is_file(), reason="thermobench-mini not assembled in this checkout")
+@pytest.mark.parametrize("config", CONFIGS)
+def test_embedded_dataset_loads_with_declared_features_and_clean_splits(config):
+    loaded = load_dataset("thermobench-mini", name=config)
+    owner = {}
+    for split, dataset in loaded.items():
+        assert split in SPLITS
+        assert dataset.features == features()
+        for row in dataset:
+            assert owner.setdefault(row["material_id"], split) == split, f"{row['material_id']} in two splits"
+            for column in COLUMNS:
+                value = row[column.name]
+                if value is None:
+                    assert column.nullable, column.name
+                elif isinstance(value, float):
+                    assert math.isfinite(value), column.name
+            for target, reason in NULL_REASONS.items():
+                assert row[target] is not None or row[reason], f"{target} null without reason"
+            assert json.loads(row["settings_json"])["potential"] == row["potential"]
+            assert len(row["renormalized_frequencies_THz"]) == 3 * row["n_supercell_atoms"]
+    if config == "ood" and "test" in loaded:
+        assert set(loaded["test"]["family"]) <= set(OOD_TEST_FAMILIES)
+    card = (MINI / "README.md").read_text()
+    assert card.startswith("---\n") and "configs:" in card and "python -m generate" in card

@@ -448,7 +448,13 @@ def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results) -> l
         from generate import kappa as kappa_module
     except ImportError:
         return [_null_kappa("not computed: generate.kappa is not available in this installation") for _ in results]
-    return kappa_module.pipeline_kappa_columns(cell, matrix, loaded.model, harmonic, results, cfg)
+    # Contract with generate.kappa: pipeline_kappa_columns(cell, supercell_matrix, model, harmonic result,
+    # SSCHA results (one per temperature), kappa settings) -> one dict of the four κ columns per temperature,
+    # with kappa_null_reason set where κ could not be computed (e.g. harmonically unstable).
+    adapter = getattr(kappa_module, "pipeline_kappa_columns", None)
+    if adapter is None:
+        return [_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point") for _ in results]
+    return adapter(cell, matrix, loaded.model, harmonic, results, cfg)
 
 
 def _null_kappa(reason: str) -> dict:

@@ -184,3 +184,21 @@ def test_choose_supercell_bounds():
 def test_emt_potential_provenance():
     loaded = load_model("EMT")
     assert loaded.name == "EMT" and len(loaded.sha256) == 64 and "Cu" in loaded.element_types
+
+
+def test_sources_fail_clearly(tmp_path, monkeypatch):
+    from generate.sources import directory_source, materials_project_source
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        directory_source(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no structure files"):
+        directory_source(tmp_path)
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    try:
+        import mp_api.client  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="materials-project"):
+            materials_project_source(["mp-149"])
+    else:
+        with pytest.raises(RuntimeError, match="MP_API_KEY"):
+            materials_project_source(["mp-149"])

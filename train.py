@@ -69,7 +69,9 @@ def git_revision() -> str | None:
 def datamodule_for(cfg: DictConfig, task, split: str):
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("splits", None)
-    return hydra.utils.instantiate(data, split=split, task=task)
+    datamodule = hydra.utils.instantiate(data, split=split)
+    datamodule.task = task  # set after instantiate, which would turn the dataclass into a config node
+    return datamodule
 
 
 def _instantiate_all(group: DictConfig | None, **overrides) -> list:

@@ -160,7 +160,9 @@ def test_bad_predictions_are_rejected_with_the_reason(predictions, reason):
 # ---------------------------------------------------------------------------------------------
 # end to end on the embedded dataset
 
-needs_data = pytest.mark.skipif(not (EMBEDDED["thermobench-mini"] / "README.md").is_file(),
+# THERMOBENCH_TEST_DATASET points these tests at another dataset folder (default: the embedded one)
+DATASET = os.environ.get("THERMOBENCH_TEST_DATASET", "thermobench-mini")
+needs_data = pytest.mark.skipif(DATASET == "thermobench-mini" and not (EMBEDDED[DATASET] / "README.md").is_file(),
                                 reason="the embedded thermobench-mini dataset is not generated yet")
 
 
@@ -180,7 +182,7 @@ def test_every_model_trains_one_step_and_becomes_a_valid_leaderboard_entry(hydra
     import train
 
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
-    cfg = run_config("train.yaml", [f"model={model}", "task=anharmonicity", "+trainer.fast_dev_run=true",
+    cfg = run_config("train.yaml", [f"model={model}", f"data.dataset={DATASET}", "task=anharmonicity", "+trainer.fast_dev_run=true",
                                     "logger=csv", "callbacks=none", cache, *TINY.get(model, [])], tmp_path / "run")
     summary = train.train(cfg)
     assert set(summary["splits"]) == {"random", "ood"}
@@ -190,7 +192,7 @@ def test_every_model_trains_one_step_and_becomes_a_valid_leaderboard_entry(hydra
                           tmp_path / "eval")
     entry = evaluate.evaluate(eval_cfg)
     saved = yaml.safe_load((tmp_path / "lb" / f"{entry['model_key']}.yml").read_text())
-    assert saved == entry and entry["model_key"] == f"{model}-thermobench-mini-anharmonicity"
+    assert saved == entry and entry["model_key"] == evaluate.model_key_for(model, DATASET, "anharmonicity")
     leaderboard.validate_all(tmp_path / "lb", root=tmp_path)  # schema, ids against the dataset, metrics rescored
     assert {"random", "ood"} == set(entry["metrics"])
 
@@ -201,7 +203,7 @@ def test_baselines_predict_what_they_promise(hydra_conf, tmp_path):
     from thermobench.models.tabular import HarmonicBaseline, MeanBaseline
 
     task = Task(name="freq_shift", target="mean_relative_frequency_shift")
-    data = ThermoDataModule(task=task)
+    data = ThermoDataModule(dataset=DATASET, task=task)
     data.setup()
     train_y = data.labels["train"]
     assert np.allclose(MeanBaseline().bind(task).fit(data.frames["train"], train_y).predict(data.frames["test"]), train_y.mean())
@@ -216,7 +218,7 @@ def test_seeded_runs_repeat_exactly(hydra_conf, tmp_path):
 
     runs = []
     for name in ("a", "b"):
-        cfg = run_config("train.yaml", ["model=cgcnn", "data.splits=[random]", "trainer.max_epochs=2", "callbacks=none",
+        cfg = run_config("train.yaml", ["model=cgcnn", f"data.dataset={DATASET}", "data.splits=[random]", "trainer.max_epochs=2", "callbacks=none",
                                         "logger=none", f"paths.cache_dir={tmp_path / 'cache'}", *TINY["cgcnn"]],
                          tmp_path / name)
         runs.append(train.train(cfg)["splits"]["random"]["validation"]["mae"]["value"])
@@ -229,12 +231,12 @@ def test_entry_with_wrong_dataset_version_or_tampered_metrics_is_rejected(hydra_
     import train
 
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
-    train.train(run_config("train.yaml", ["model=mean", cache], tmp_path / "run"))
+    train.train(run_config("train.yaml", ["model=mean", f"data.dataset={DATASET}", cache], tmp_path / "run"))
     entry = evaluate.evaluate(run_config("evaluate.yaml", [f"ckpt_path={tmp_path / 'run'}",
                                                            f"leaderboard_dir={tmp_path / 'lb'}", cache], tmp_path / "e"))
     path = tmp_path / "lb" / f"{entry['model_key']}.yml"
     leaderboard.validate_all(tmp_path / "lb", root=tmp_path)
-    path.write_text(yaml.safe_dump(entry | {"dataset": {"name": "thermobench-mini", "version": "0.0-old"}}))
+    path.write_text(yaml.safe_dump(entry | {"dataset": {"name": DATASET, "version": "0.0-old"}}))
     with pytest.raises(leaderboard.LeaderboardError, match="dataset-version mismatch"):
         leaderboard.validate_all(tmp_path / "lb", root=tmp_path)
     tampered = yaml.safe_load(yaml.safe_dump(entry))

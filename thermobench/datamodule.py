@@ -35,6 +35,20 @@ def load_frame(dataset: str, split_config: str, stage: str, revision: str | None
     return table.to_pandas()
 
 
+def load_frames(dataset: str, split_config: str, revision: str | None = None) -> dict[str, pd.DataFrame]:
+    """All splits (train, validation, test) of one split configuration, loaded at once."""
+    from thermobench.dataset import load_dataset
+
+    if split_config not in SPLIT_CONFIGS:
+        raise ValueError(f"unknown split configuration {split_config!r}; valid: {', '.join(SPLIT_CONFIGS)}")
+    kwargs = {"revision": revision} if revision else {}
+    tables = load_dataset(dataset, name=split_config, **kwargs)
+    missing = [stage for stage in STAGES if stage not in tables]
+    if missing:
+        raise ValueError(f"{dataset}/{split_config} lacks split(s) {', '.join(missing)}")
+    return {stage: tables[stage].to_pandas() for stage in STAGES}
+
+
 class ThermoDataModule(LightningDataModule):
     """Rows of (material, temperature) with labels of ``task`` and graphs of their structures.
 
@@ -66,8 +80,9 @@ class ThermoDataModule(LightningDataModule):
             return
         if self.task is None:
             raise ValueError("ThermoDataModule needs a task before setup()")
+        tables = load_frames(self.dataset, self.split, self.revision)
         for name in STAGES:
-            frame = load_frame(self.dataset, self.split, name, self.revision)
+            frame = tables[name]
             labelled = self.task.has_label(frame)
             self.dropped[name] = int((~labelled).sum())
             self.frames[name] = frame[labelled].reset_index(drop=True)

@@ -50,6 +50,7 @@ def plot_periodic_table(means: pd.DataFrame, path: Path, label: str) -> Path:
     from pymatgen.core.periodic_table import Element
 
     plt = _pyplot()
+    import matplotlib
     from matplotlib import cm, colors
 
     grid = np.full((10, 18), np.nan)
@@ -61,7 +62,7 @@ def plot_periodic_table(means: pd.DataFrame, path: Path, label: str) -> Path:
         grid[row - 1, column - 1] = value
     fig, ax = plt.subplots(figsize=(11, 6))
     norm = colors.Normalize(np.nanmin(grid), np.nanmax(grid))
-    cmap = cm.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for z in range(1, 104):
         element = Element.from_Z(z)
         row, column = element.row, element.group

@@ -137,6 +137,8 @@ def train_split(cfg: DictConfig, task, split: str, out_dir: Path) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     """Train on every split configuration in ``cfg.data.splits``; returns (and writes) the run summary."""
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     task = hydra.utils.instantiate(cfg.task)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,17 @@ def graphs(cutoff_A: float) -> tuple[list, str]:
     from thermobench.graphs import build_graphs, structure_graph
 
     if (EMBEDDED["thermobench-mini"] / "README.md").is_file():
-        from thermobench.datamodule import ThermoDataModule
-        from thermobench.tasks import Task
+        from thermobench.datamodule import load_frame
 
-        data = ThermoDataModule(task=Task(name="anharmonicity", target="sigma_A"), cutoff_A=cutoff_A)
-        data.setup()
-        return data.graphs("train"), f"thermobench-mini random/train ({len(data.frames['train'])} rows)"
+        frame = load_frame("thermobench-mini", "random", "train")
+        by_material = build_graphs(frame.to_dict("records"), cutoff_A)
+        items = []
+        for material, temperature in zip(frame["material_id"], frame["temperature_K"]):
+            graph = by_material[material].clone()
+            graph.y = torch.zeros(1)  # throughput does not depend on the label
+            graph.temperature_K = torch.tensor([float(temperature)])
+            items.append(graph)
+        return items, f"thermobench-mini random/train ({len(frame)} rows)"
     from thermobench.families import builtin_materials
 
     items = []
@@ -89,7 +94,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", nargs="+", default=["cgcnn", "schnet", "m3gnet"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (train.py's default is 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     items, source = graphs(5.0)
     atoms = sum(g.num_nodes for g in items) / len(items)
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"

@@ -236,6 +236,8 @@ def test_entry_with_wrong_dataset_version_or_tampered_metrics_is_rejected(hydra_
                                                            f"leaderboard_dir={tmp_path / 'lb'}", cache], tmp_path / "e"))
     path = tmp_path / "lb" / f"{entry['model_key']}.yml"
     leaderboard.validate_all(tmp_path / "lb", root=tmp_path)
+    markdown, figure = leaderboard.render(tmp_path / "lb", tmp_path / "LEADERBOARD.md")
+    assert f"[mean](leaderboard/{entry['model_key']}.yml)" in markdown.read_text() and figure.stat().st_size > 0
     path.write_text(yaml.safe_dump(entry | {"dataset": {"name": DATASET, "version": "0.0-old"}}))
     with pytest.raises(leaderboard.LeaderboardError, match="dataset-version mismatch"):
         leaderboard.validate_all(tmp_path / "lb", root=tmp_path)
@@ -264,3 +266,9 @@ def test_matgl_net_starts_from_the_potential_weights(shared):
     from torch_geometric.data import Batch
 
     assert net(Batch.from_data_list([graph, graph])).shape == (2,)
+
+
+@pytest.mark.skipif(not list((REPO / "leaderboard").glob("*.yml")), reason="no committed leaderboard entries")
+def test_committed_leaderboard_is_valid_against_the_embedded_dataset():
+    """Fails when the embedded dataset changed under the entries (new rows, new version): re-run them."""
+    assert leaderboard.validate_all(REPO / "leaderboard", root=REPO) > 0

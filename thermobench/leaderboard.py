@@ -59,7 +59,7 @@ ENTRY_SCHEMA = {
         },
         "metrics": {
             "type": "object",
-            "required": ["random"],
+            "minProperties": 1,  # random and/or ood, each scored by the model trained on that split
             "properties": {"random": _SPLIT_METRICS, "ood": _SPLIT_METRICS},
             "additionalProperties": False,
         },

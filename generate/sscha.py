@@ -90,14 +90,25 @@ class UnstableMode:
 
 @dataclass(frozen=True)
 class SurrogateReport:
+    """How the surrogate did against the potential on the verification ensemble (fresh, drawn from the
+    final auxiliary system, evaluated by both). Differences are paired, potential minus surrogate on the
+    same displacements, so the sampling noise they share cancels."""
+
     n_training_structures: int
+    n_fits: int  # 1 + refits with the verification ensembles added to the training set
     n_parameters: int
     n_nonzero_parameters: int
+    n_monomials: int  # terms of the folded expansion evaluated per configuration
     training_force_rmse_eV_A: float
-    verification_force_rmse_eV_A: float  # surrogate vs potential on a fresh SSCHA ensemble
+    n_verification: int
+    verification_force_rmse_eV_A: float
     verification_relative_force_error: float  # rmse / rms of the potential's forces
-    max_frequency_difference_THz: float  # one SSCHA update with the potential's forces
-    free_energy_difference_eV_atom: float
+    max_frequency_difference_THz: float  # SSCHA frequencies of the potential minus the surrogate's (max |.|)
+    frequency_difference_error_THz: float  # stochastic error of that difference (max over modes)
+    free_energy_difference_eV_atom: float  # <V - V_surrogate> over the verification ensemble
+    free_energy_difference_error_eV_atom: float
+    surrogate_frequency_error_THz: float  # stochastic error of the SSCHA on the surrogate itself
+    corrected: bool  # the differences were added to the reported frequencies and free energy
     n_surrogate_evaluations: int
 
 
@@ -371,6 +382,8 @@ def draw_displacements(model: SupercellModel, modes: Modes, n_configurations: in
 
 def evaluate(model, structures: list[Atoms], max_atoms_per_chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Energies and forces: batched through ``evaluate_batch`` for a matgl Potential, looped for ASE."""
+    if isinstance(model, ForceConstantExpansion):
+        return model.energies_and_forces(np.array([atoms.positions for atoms in structures]) - model.reference)
     if isinstance(model, Calculator):
         energies, forces = [], []
         for atoms in structures:
@@ -467,11 +480,7 @@ def ensemble_statistics(model, ensemble: Ensemble, dynamical, centroids_A, setti
     mean_anharmonic = float(np.sum(weights * anharmonic))
     free_energy_error = float(np.sqrt(bessel(batch_weights) * np.sum(batch_weights**2 * (batch_anharmonic - mean_anharmonic) ** 2)))
 
-    # First-order change of each mode's ω² under each batch's deviation of the gradient.
-    deviations = batch_gradients - gradient
-    domega2 = np.einsum("im,bij,jm->bm", modes.vectors, deviations, modes.vectors)
-    omega2_error = np.sqrt(bessel(batch_weights) * np.sum(batch_weights[:, None] ** 2 * domega2**2, axis=0))
-    frequency_errors = omega2_error / (2 * modes.omega) * THZ_PER_OMEGA
+    frequency_errors = mode_frequency_errors_THz(modes, batch_gradients, batch_weights)
 
     mean_force = symmetrize_vector(model, np.einsum("n,nij->ij", weights, ensemble.forces_eV_A))
     return Statistics(
@@ -485,6 +494,15 @@ def ensemble_statistics(model, ensemble: Ensemble, dynamical, centroids_A, setti
         mean_force_eV_A=mean_force,
         frequency_errors_THz=frequency_errors,
     )
+
+
+def mode_frequency_errors_THz(modes: Modes, batch_gradients: np.ndarray, batch_weights: np.ndarray) -> np.ndarray:
+    """Stochastic error of each mode's frequency: the first-order change of its ω² under each batch's
+    deviation of the gradient from the weighted mean, propagated to ω."""
+    deviations = batch_gradients - np.einsum("b,bij->ij", batch_weights, batch_gradients)
+    domega2 = np.einsum("im,bij,jm->bm", modes.vectors, deviations, modes.vectors)
+    omega2_error = np.sqrt(bessel(batch_weights) * np.sum(batch_weights[:, None] ** 2 * domega2**2, axis=0))
+    return omega2_error / (2 * modes.omega) * THZ_PER_OMEGA
 
 
 def symmetrize_mass_weighted(model: SupercellModel, matrix: np.ndarray) -> np.ndarray:
@@ -677,11 +695,7 @@ def run_sscha(
     frequencies, errors = sorted_frequencies_with_errors(model, dynamical, modes, final_errors)
     qpoints = commensurate_qpoints(model.phonon)
     unstable = unstable_modes(model.phonon, fc_harmonic, qpoints)
-    model.phonon.force_constants = fc
-    model.phonon.run_qpoints(qpoints)
-    commensurate = np.asarray(model.phonon.qpoints.frequencies)
-    model.phonon.run_mesh(settings.q_mesh, is_gamma_center=True)
-    mesh = model.phonon.mesh
+    commensurate, mesh = phonon_frequencies(model.phonon, fc, qpoints, settings.q_mesh)
     return SSCHAResult(
         temperature_K=settings.temperature_K,
         quantum=settings.quantum,
@@ -704,11 +718,22 @@ def run_sscha(
         wall_time_s=time.perf_counter() - start,
         commensurate_qpoints=np.asarray(qpoints),
         commensurate_frequencies_THz=commensurate,
-        mesh_qpoints=np.asarray(mesh.qpoints),
-        mesh_weights=np.asarray(mesh.weights),
-        mesh_frequencies_THz=np.asarray(mesh.frequencies),
+        mesh_qpoints=mesh[0],
+        mesh_weights=mesh[1],
+        mesh_frequencies_THz=mesh[2],
         phonon=model.phonon,
     )
+
+
+def phonon_frequencies(phonon, fc: np.ndarray, qpoints: np.ndarray, q_mesh) -> tuple[np.ndarray, tuple]:
+    """Frequencies of supercell force constants at the commensurate q-points and on a Γ-centred mesh
+    (Fourier interpolation); sets them on ``phonon``. Returns (commensurate, (mesh q, weights, frequencies))."""
+    phonon.force_constants = fc
+    phonon.run_qpoints(qpoints)
+    commensurate = np.asarray(phonon.qpoints.frequencies)
+    phonon.run_mesh(q_mesh, is_gamma_center=True)
+    mesh = phonon.mesh
+    return commensurate, (np.asarray(mesh.qpoints), np.asarray(mesh.weights), np.asarray(mesh.frequencies))
 
 
 def symmetrize_mass_weighted_fc(model: SupercellModel, dynamical: np.ndarray) -> np.ndarray:
@@ -758,55 +783,148 @@ def anharmonicity_score(model: SupercellModel, ensemble: Ensemble, weights, fc_h
 
 @dataclass(frozen=True)
 class SurrogateSettings:
-    n_training_structures: int = 40  # displaced supercells evaluated by the potential for the fit
+    n_training_structures: int = 40  # displaced supercells evaluated by the potential for the first fit
     cutoffs_A: tuple[float, float, float] | None = None  # orders 2, 3, 4; None: from cutoff_factors
     cutoff_factors: tuple[float, float, float] = (1.8, 1.8, 1.45)  # × nearest-neighbour distance
     fit_method: str = "ardr"  # trainstation: ardr | lasso | rfe | omp | least-squares | ...
     n_configurations: int = 2000  # SSCHA ensembles on the surrogate
     max_configurations: int = 64000
     n_verification: int = 200  # fresh ensemble evaluated by the potential at the end
+    max_verification: int = 3200  # verification grows up to this to meet frequency_error_target_THz
+    refit_threshold_THz: float = 0.1  # refit (verification added to training) above this difference
+    max_refits: int = 2
+    correct: bool = True  # add the verified differences to the reported frequencies and free energy
 
 
-class SurrogateCalculator(Calculator):
-    """E0 + ½uᵀΦ_harm u + a hiphive force-constant potential fitted to what Φ_harm misses.
+@dataclass(frozen=True)
+class Monomials:
+    """One order of a polynomial in the flattened displacements u (index 3·atom + Cartesian):
+    Σ_t coefficients[t] Π_k u[dofs[t, k]], each monomial once (indices sorted within a row)."""
 
-    The finite-displacement Φ_harm already holds every pair the supercell can see; the fit adds the
-    anharmonic (3rd, 4th order) terms and a 2nd-order correction within the cutoffs. hiphive needs
-    cutoffs below half the cell it works in, so a configuration of the SSCHA supercell is tiled
-    ``tiling`` times along each axis (its periodic images displaced alike, as the potential sees
-    them) and the forces of the first copy are taken.
+    dofs: np.ndarray  # (T, order) int
+    coefficients: np.ndarray  # (T,)
+
+    @property
+    def order(self) -> int:
+        return self.dofs.shape[1]
+
+
+def merge_monomials(dofs: np.ndarray, coefficients: np.ndarray, tolerance: float = 0.0) -> Monomials:
+    """Sort each row (the product commutes), sum the coefficients of equal rows, drop |c| <= tolerance."""
+    dofs = np.sort(dofs, axis=1)
+    unique, inverse = np.unique(dofs, axis=0, return_inverse=True)
+    summed = np.bincount(inverse.reshape(-1), weights=coefficients, minlength=len(unique))
+    keep = np.abs(summed) > tolerance
+    return Monomials(dofs=np.ascontiguousarray(unique[keep]), coefficients=summed[keep])
+
+
+def harmonic_monomials(matrix: np.ndarray) -> Monomials:
+    """½ uᵀ M u as monomials: M_ij u_i u_j for i < j and ½ M_ii u_i²."""
+    i, j = np.triu_indices(matrix.shape[0])
+    return merge_monomials(np.stack([i, j], axis=1), np.where(i == j, 0.5, 1.0) * matrix[i, j])
+
+
+def folded_monomials(force_constants, n_atoms: int, copies: int, chunk: int = 20000) -> list[Monomials]:
+    """The energy per copy of a hiphive force-constant set on a tiled supercell, as monomials of the
+    small supercell's displacements.
+
+    For displacements periodic with the small supercell (every copy moved alike, tiled atom k moving
+    as atom k mod N) the tiled energy is ``copies`` times that of one copy. A sorted cluster c adds
+    Φ_c·u⊗…⊗u / Π_a m_a! (m_a: how often atom a appears in c), hiphive's convention; folding its atoms
+    onto the small supercell and summing equal monomials gives the folded force constants, so the
+    SSCHA supercell is evaluated as it is, for a whole ensemble at once.
+    """
+    from collections import Counter
+    from math import factorial, prod
+
+    out = []
+    for order in force_constants.orders:
+        items = list(force_constants.get_fc_dict(order).items())
+        alphas = np.array(np.unravel_index(np.arange(3**order), (3,) * order)).T  # (3^n, n)
+        parts = []
+        for start in range(0, len(items), chunk):
+            clusters = [c for c, _ in items[start : start + chunk]]
+            tensors = np.array([fc for _, fc in items[start : start + chunk]]).reshape(len(clusters), -1)
+            weights = np.array([1.0 / prod(factorial(m) for m in Counter(c).values()) for c in clusters]) / copies
+            dofs = 3 * (np.array(clusters)[:, None, :] % n_atoms) + alphas[None, :, :]
+            parts.append(merge_monomials(dofs.reshape(-1, order), (tensors * weights[:, None]).reshape(-1)))
+        out.append(
+            merge_monomials(
+                np.concatenate([p.dofs for p in parts]), np.concatenate([p.coefficients for p in parts]), tolerance=1e-14
+            )
+        )
+    return out
+
+
+class ForceConstantExpansion(Calculator):
+    """V = E0 + Σ_orders Σ_t c_t Π u: a force-constant expansion on the SSCHA supercell.
+
+    :meth:`energies_and_forces` evaluates a whole ensemble in vectorized passes (what
+    :func:`evaluate` uses): the second order as a dense matrix, higher orders as sparse monomials
+    whose gradients are scattered back with a sparse incidence matrix. As an ASE calculator it
+    evaluates one structure. u is measured from ``reference`` (the supercell's positions).
     """
 
     implemented_properties = ["energy", "forces"]
 
-    def __init__(self, reference: Atoms, energy0_eV: float, fc_harmonic: np.ndarray, fcp=None, tiling: int = 1):
+    def __init__(self, reference: Atoms, energy0_eV: float, orders: list[Monomials], block_elements: int = 2**20):
         super().__init__()
+        from scipy.sparse import csr_matrix
+
         self.reference = reference.positions.copy()
         self.energy0_eV = energy0_eV
-        self.matrix = to_matrix(fc_harmonic)
-        self.tiling = tiling
-        self.fcp_calculator = None
-        if fcp is not None:
-            from hiphive.calculators import ForceConstantCalculator
+        self.orders = orders
+        self.block_elements = block_elements  # bounds the (configurations × monomials) work arrays
+        n_dofs = self.reference.size
+        self.matrix = np.zeros((n_dofs, n_dofs))  # second order: E = ½ uᵀ M u
+        self.higher, self.incidence = [], []
+        for monomials in orders:
+            if monomials.order == 2:
+                i, j = monomials.dofs.T
+                np.add.at(self.matrix, (i, j), monomials.coefficients)
+                np.add.at(self.matrix, (j, i), monomials.coefficients)
+                continue
+            # One column per (position k, monomial t), with a one at the dof in position k.
+            rows = monomials.dofs.T.reshape(-1)
+            self.incidence.append(
+                csr_matrix((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(n_dofs, rows.size))
+            )
+            self.higher.append(monomials)
 
-            self.tiled = reference.repeat(tiling)  # copies in order: the first N atoms are the original
-            with quiet_hiphive():
-                self.fcp_calculator = ForceConstantCalculator(fcp.get_force_constants(self.tiled))
+    @property
+    def n_monomials(self) -> int:
+        return sum(len(m.coefficients) for m in self.orders)
+
+    def energies_and_forces(self, displacements_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (B,) and forces (B, N, 3) for displacements (B, N, 3) from the reference."""
+        u = displacements_A.reshape(len(displacements_A), -1)
+        linear = u @ self.matrix
+        energies = self.energy0_eV + 0.5 * np.einsum("bi,bi->b", linear, u)
+        gradient = linear
+        for monomials, incidence in zip(self.higher, self.incidence, strict=True):
+            order, coefficients = monomials.order, monomials.coefficients
+            step = max(1, self.block_elements // max(1, coefficients.size))
+            for start in range(0, len(u), step):
+                columns = [u[start : start + step, monomials.dofs[:, k]] for k in range(order)]  # (b, T) each
+                left = [None] * (order + 1)  # left[k]: product of the first k columns
+                left[1] = columns[0]
+                for k in range(1, order):
+                    left[k + 1] = left[k] * columns[k]
+                energies[start : start + step] += left[order] @ coefficients
+                partials = []  # ∂/∂(column k) of each monomial, times its coefficient
+                right = coefficients  # product of the columns after k, times the coefficient
+                for k in range(order - 1, -1, -1):
+                    partials.append(right if k == 0 else left[k] * right)
+                    right = right * columns[k]
+                stacked = np.concatenate(partials[::-1], axis=1)  # (b, order·T), position-major
+                gradient[start : start + step] += (incidence @ stacked.T).T
+        return energies, -gradient.reshape(displacements_A.shape)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        u = self.atoms.positions - self.reference
-        flat = u.reshape(-1)
-        energy = self.energy0_eV + 0.5 * flat @ self.matrix @ flat
-        forces = -(self.matrix @ flat).reshape(-1, 3)
-        if self.fcp_calculator is not None:
-            work = self.tiled.copy()
-            work.positions += np.tile(u, (self.tiling**3, 1))
-            work.calc = self.fcp_calculator
-            energy += work.get_potential_energy() / self.tiling**3
-            forces = forces + work.get_forces()[: len(u)]
-        self.results["energy"] = float(energy)
-        self.results["forces"] = forces
+        energies, forces = self.energies_and_forces((self.atoms.positions - self.reference)[None])
+        self.results["energy"] = float(energies[0])
+        self.results["forces"] = forces[0]
 
 
 class quiet_hiphive:
@@ -836,39 +954,111 @@ def surrogate_cutoffs(model: SupercellModel, settings: SurrogateSettings) -> tup
     return cutoffs, tiling
 
 
-def fit_surrogate(atoms, model, potential, fc_harmonic, energy0_eV, sscha_settings, settings, rng):
-    """Fit the anharmonic residual to thermal displacements of the stabilized harmonic Gaussian."""
+def fit_surrogate(atoms, model, fc_harmonic, energy0_eV, displacements_A, forces_eV_A, settings, seed):
+    """Fit 2nd-4th order force constants (hiphive) to what Φ_harm misses in the given forces, and fold
+    Φ_harm plus the fit onto the supercell as one :class:`ForceConstantExpansion`.
+
+    The finite-displacement Φ_harm already holds every pair the supercell can see; the fit adds the
+    anharmonic terms and a 2nd-order correction within the cutoffs. hiphive needs cutoffs below half
+    the cell it works in, so the supercell is tiled for the fit (its copies displaced alike, as the
+    potential sees them) and the force constants are folded back (:func:`folded_monomials`).
+    """
     from hiphive import ClusterSpace, ForceConstantPotential, StructureContainer
     from trainstation import Optimizer
 
-    dynamical = to_matrix(fc_harmonic) / np.outer(model.sqrt_masses, model.sqrt_masses)
-    dynamical, _ = stabilize(model, dynamical, sscha_settings.min_frequency_THz)
-    modes = gaussian_modes(model, dynamical, sscha_settings)
-    training = new_ensemble(
-        model, potential, model.atoms.positions, modes, settings.n_training_structures, rng, sscha_settings
-    )
+    matrix = to_matrix(fc_harmonic)
     cutoffs, tiling = surrogate_cutoffs(model, settings)
-    harmonic_only = SurrogateCalculator(model.atoms, energy0_eV, fc_harmonic)
-    tiled = model.atoms.repeat(tiling)
+    tiled = model.atoms.repeat(tiling)  # copies in order: tiled atom k is atom k mod N
     copies = tiling**3
     with quiet_hiphive():
         cluster_space = ClusterSpace(atoms, cutoffs)
         container = StructureContainer(cluster_space)
-        for u, forces in zip(training.displacements_A, training.forces_eV_A, strict=True):
-            displaced = model.atoms.copy()
-            displaced.positions += u
-            displaced.calc = harmonic_only
+        for u, forces in zip(displacements_A, forces_eV_A, strict=True):
+            residual = forces + (matrix @ u.reshape(-1)).reshape(-1, 3)
             structure = tiled.copy()
             structure.new_array("displacements", np.tile(u, (copies, 1)))
-            structure.new_array("forces", np.tile(forces - displaced.get_forces(), (copies, 1)))
+            structure.new_array("forces", np.tile(residual, (copies, 1)))
             container.add_structure(structure)
-        optimizer = Optimizer(
-            container.get_fit_data(), fit_method=settings.fit_method, train_size=0.9, seed=sscha_settings.seed
-        )
+        optimizer = Optimizer(container.get_fit_data(), fit_method=settings.fit_method, train_size=0.9, seed=seed)
         optimizer.train()
         fcp = ForceConstantPotential(cluster_space, optimizer.parameters)
-    calculator = SurrogateCalculator(model.atoms, energy0_eV, fc_harmonic, fcp, tiling)
-    return calculator, training, optimizer
+        tiled_force_constants = fcp.get_force_constants(tiled)
+    fitted = {m.order: m for m in folded_monomials(tiled_force_constants, model.n_atoms, copies)}
+    harmonic = harmonic_monomials(matrix)
+    if 2 in fitted:
+        harmonic = merge_monomials(
+            np.concatenate([harmonic.dofs, fitted[2].dofs]),
+            np.concatenate([harmonic.coefficients, fitted[2].coefficients]),
+        )
+    orders = [harmonic] + [fitted[n] for n in sorted(fitted) if n != 2]
+    return ForceConstantExpansion(model.atoms, energy0_eV, orders), optimizer
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The potential against the surrogate on one ensemble of the surrogate's final auxiliary system."""
+
+    ensemble: Ensemble  # evaluated by the potential
+    surrogate_energies_eV: np.ndarray
+    surrogate_forces_eV_A: np.ndarray
+    corrected_dynamical: np.ndarray  # one SSCHA step with the paired difference of the two gradients
+    difference_errors_THz: np.ndarray  # per mode of the surrogate's auxiliary system
+    free_energy_difference_eV: float  # <V - V_surrogate>
+    free_energy_difference_error_eV: float
+
+
+def verify_surrogate(model, potential, expansion, dynamical, centroids_A, harmonic_dynamical, settings, surrogate, rng, target_THz):
+    """Evaluate a fresh ensemble of ``dynamical`` with both and move D by the difference of the gradients.
+
+    Potential and surrogate see the same displacements, so their gradients share the sampling noise
+    and the difference ⟨∂²V_surrogate⟩ - ⟨∂²V⟩ has only the noise of the force difference: the
+    surrogate acts as a control variate for the potential. The ensemble grows (doubling, up to
+    ``surrogate.max_verification``) until the difference's frequency error is below ``target_THz``.
+    """
+    modes = gaussian_modes(model, dynamical, settings)
+    ensemble, n_new = None, surrogate.n_verification
+    while True:
+        fresh = new_ensemble(model, potential, centroids_A, modes, n_new, rng, settings)
+        ensemble = fresh if ensemble is None else concatenate_ensembles(ensemble, fresh)
+        energies_s, forces_s = expansion.energies_and_forces(ensemble.centroids_A + ensemble.displacements_A - expansion.reference)
+        stats_real = ensemble_statistics(model, ensemble, dynamical, centroids_A, settings)
+        surrogate_ensemble = replace(ensemble, energies_eV=energies_s, forces_eV_A=forces_s)
+        stats_surrogate = ensemble_statistics(model, surrogate_ensemble, dynamical, centroids_A, settings)
+        batch_differences = stats_real.batch_gradients - stats_surrogate.batch_gradients
+        errors = mode_frequency_errors_THz(modes, batch_differences, stats_real.batch_weights)
+        size = len(ensemble.energies_eV)
+        if target_THz is None or errors.max() <= target_THz or size >= surrogate.max_verification:
+            break
+        needed = int(np.ceil(1.1 * size * (errors.max() / target_THz) ** 2 / 2)) * 2
+        n_new = min(needed, surrogate.max_verification) - size
+    difference = stats_real.gradient - stats_surrogate.gradient
+    step = preconditioned_step(model, dynamical, harmonic_dynamical, difference, settings)
+    pair_means = (ensemble.energies_eV - energies_s).reshape(-1, 2).mean(axis=1)
+    return Verification(
+        ensemble=ensemble,
+        surrogate_energies_eV=energies_s,
+        surrogate_forces_eV_A=forces_s,
+        corrected_dynamical=symmetrize_mass_weighted_fc(model, dynamical - step),
+        difference_errors_THz=errors,
+        free_energy_difference_eV=float(pair_means.mean()),
+        free_energy_difference_error_eV=float(pair_means.std(ddof=1) / np.sqrt(len(pair_means))),
+    )
+
+
+def concatenate_ensembles(first: Ensemble, second: Ensemble) -> Ensemble:
+    """Two ensembles of one Gaussian around the same centroids (antithetic pairs stay adjacent)."""
+    return Ensemble(
+        centroids_A=first.centroids_A,
+        displacements_A=np.concatenate([first.displacements_A, second.displacements_A]),
+        log_density=np.concatenate([first.log_density, second.log_density]),
+        energies_eV=np.concatenate([first.energies_eV, second.energies_eV]),
+        forces_eV_A=np.concatenate([first.forces_eV_A, second.forces_eV_A]),
+    )
+
+
+def signed_mode_frequencies_THz(model: SupercellModel, dynamical: np.ndarray) -> np.ndarray:
+    values, _ = eigen(model, dynamical)
+    return np.sign(values) * np.sqrt(np.abs(values)) * THZ_PER_OMEGA
 
 
 def run_sscha_surrogate(
@@ -878,61 +1068,117 @@ def run_sscha_surrogate(
     settings: SSCHASettings = SSCHASettings(),
     surrogate: SurrogateSettings = SurrogateSettings(),
 ) -> SSCHAResult:
-    """The SSCHA on a hiphive surrogate of ``potential``, verified on a fresh ensemble of the potential.
+    """The SSCHA on a hiphive surrogate of ``potential``, verified (and corrected) with the potential.
 
-    Potential evaluations: the harmonic finite displacements, one undisplaced supercell (E0), the
-    training structures and the verification ensemble. The SSCHA itself runs on the surrogate with
-    ``surrogate.n_configurations`` per ensemble. The reported frequencies are the surrogate's;
-    ``surrogate`` in the result says how far the potential's own forces would move them.
+    1. Φ_harm by finite displacements, E0, and ``n_training_structures`` configurations of the
+       stabilized harmonic Gaussian, all from the potential; fit the surrogate (:func:`fit_surrogate`).
+    2. :func:`run_sscha` on the surrogate with ``surrogate.n_configurations`` per ensemble, to half
+       of ``frequency_error_target_THz``.
+    3. :func:`verify_surrogate` on a fresh ensemble of the result. If the frequencies move by more
+       than ``refit_threshold_THz``, the verification configurations join the training set and 1-3
+       repeat (at most ``max_refits`` times), starting from the last result.
+    4. With ``surrogate.correct`` the reported Φ is the verified one (one SSCHA step with the
+       potential's forces, paired with the surrogate's) and F gets ⟨V - V_surrogate⟩; the reported
+       errors combine the surrogate run's and the verification's. ``n_potential_evaluations``
+       counts every potential call; the surrogate's own count is in the report.
     """
+    from generate.harmonic import commensurate_qpoints
+
     start = time.perf_counter()
     rng = np.random.default_rng([settings.seed, 1])  # a stream apart from the SSCHA's own
     model = supercell_model(atoms, supercell_matrix, settings)
     fc_harmonic, evaluations = harmonic_force_constants(model, potential, settings)
     energy0 = float(evaluate(potential, [model.atoms], settings.max_atoms_per_chunk)[0][0])
-    calculator, training, optimizer = fit_surrogate(atoms, model, potential, fc_harmonic, energy0, settings, surrogate, rng)
-    evaluations += 1 + len(training.energies_eV)
-    cheap = replace(
-        settings, n_configurations=surrogate.n_configurations, max_configurations=surrogate.max_configurations
-    )
-    result = run_sscha(atoms, calculator, supercell_matrix, cheap, harmonic=(fc_harmonic, 0))
-
-    # Verification: a fresh ensemble of the final auxiliary system, evaluated by both.
+    evaluations += 1
     mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
-    dynamical = to_matrix(result.force_constants_eV_A2) / mass_outer
+    harmonic_dynamical = to_matrix(fc_harmonic) / mass_outer
+    start_dynamical, _ = stabilize(model, harmonic_dynamical, settings.min_frequency_THz)
+    training = new_ensemble(
+        model, potential, model.atoms.positions, gaussian_modes(model, start_dynamical, settings),
+        surrogate.n_training_structures, rng, settings,
+    )
+    evaluations += len(training.energies_eV)
+    displacements, forces = training.displacements_A, training.forces_eV_A
+    target = settings.frequency_error_target_THz
+    cheap = replace(
+        settings,
+        n_configurations=surrogate.n_configurations,
+        max_configurations=surrogate.max_configurations,
+        frequency_error_target_THz=None if target is None else target / 2,
+    )
+    initial, n_surrogate_evaluations = None, 0
+    for fit in range(surrogate.max_refits + 1):
+        expansion, optimizer = fit_surrogate(atoms, model, fc_harmonic, energy0, displacements, forces, surrogate, settings.seed)
+        result = run_sscha(atoms, expansion, supercell_matrix, cheap, harmonic=(fc_harmonic, 0), initial_force_constants=initial)
+        n_surrogate_evaluations += result.n_potential_evaluations
+        dynamical = to_matrix(result.force_constants_eV_A2) / mass_outer
+        centroids = result.supercell.positions
+        check = verify_surrogate(
+            model, potential, expansion, dynamical, centroids, harmonic_dynamical, settings, surrogate, rng,
+            None if target is None else target * np.sqrt(3) / 2,
+        )
+        evaluations += len(check.ensemble.energies_eV)
+        surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
+        shift = signed_mode_frequencies_THz(model, check.corrected_dynamical) - surrogate_frequencies
+        if np.abs(shift).max() <= surrogate.refit_threshold_THz or fit == surrogate.max_refits:
+            break
+        displacements = np.concatenate([displacements, check.ensemble.centroids_A + check.ensemble.displacements_A - model.atoms.positions])
+        forces = np.concatenate([forces, check.ensemble.forces_eV_A])
+        initial = result.force_constants_eV_A2
+
+    real = check.ensemble
+    rmse = float(np.sqrt(np.mean((check.surrogate_forces_eV_A - real.forces_eV_A) ** 2)))
     modes = gaussian_modes(model, dynamical, settings)
-    centroids = result.supercell.positions
-    real = new_ensemble(model, potential, centroids, modes, surrogate.n_verification, rng, settings)
-    evaluations += len(real.energies_eV)
-    structures = []
-    for u in real.displacements_A:
-        structure = model.atoms.copy()
-        structure.positions = centroids + u
-        structures.append(structure)
-    energies_s, forces_s = evaluate(calculator, structures)
-    rmse = float(np.sqrt(np.mean((forces_s - real.forces_eV_A) ** 2)))
-    stats_real = ensemble_statistics(model, real, dynamical, centroids, settings)
-    stats_surrogate = ensemble_statistics(model, replace(real, energies_eV=energies_s, forces_eV_A=forces_s), dynamical, centroids, settings)
-    corrected = symmetrize_mass_weighted_fc(model, dynamical - stats_real.gradient)
-    difference = np.abs(frequencies_THz(corrected) - frequencies_THz(dynamical)).max()
+    surrogate_errors = result.supercell_frequency_errors_THz[3 * model.n_atoms - modes.omega.size :]
+    # run_sscha's errors come sorted by frequency, as eigh orders the modes of D, so they line up.
     report = SurrogateReport(
-        n_training_structures=len(training.energies_eV),
+        n_training_structures=len(displacements),
+        n_fits=fit + 1,
         n_parameters=int(optimizer.n_parameters),
         n_nonzero_parameters=int(optimizer.n_nonzero_parameters),
+        n_monomials=expansion.n_monomials,
         training_force_rmse_eV_A=float(optimizer.rmse_train),
+        n_verification=len(real.energies_eV),
         verification_force_rmse_eV_A=rmse,
         verification_relative_force_error=rmse / float(np.sqrt(np.mean(real.forces_eV_A**2))),
-        max_frequency_difference_THz=float(difference),
-        free_energy_difference_eV_atom=float(stats_real.free_energy_eV - stats_surrogate.free_energy_eV) / model.n_atoms,
-        n_surrogate_evaluations=result.n_potential_evaluations,
+        max_frequency_difference_THz=float(np.abs(shift).max()),
+        frequency_difference_error_THz=float(check.difference_errors_THz.max()),
+        free_energy_difference_eV_atom=check.free_energy_difference_eV / model.n_atoms,
+        free_energy_difference_error_eV_atom=check.free_energy_difference_error_eV / model.n_atoms,
+        surrogate_frequency_error_THz=float(surrogate_errors.max()) if surrogate_errors.size else 0.0,
+        corrected=surrogate.correct,
+        n_surrogate_evaluations=n_surrogate_evaluations,
     )
-    return replace(
-        result,
+    sigma_a = anharmonicity_score(model, real, np.full(len(real.energies_eV), 1.0 / len(real.energies_eV)), fc_harmonic)
+    changes = dict(
         backend="surrogate",
         n_potential_evaluations=evaluations,
         surrogate=report,
+        sigma_A=sigma_a,
         wall_time_s=time.perf_counter() - start,
     )
+    if surrogate.correct:
+        corrected = check.corrected_dynamical
+        fc = to_blocks(corrected * mass_outer)
+        mode_errors = np.sqrt(surrogate_errors**2 + check.difference_errors_THz**2)
+        n_acoustic = 3 * model.n_atoms - modes.omega.size
+        frequencies = np.concatenate([np.zeros(n_acoustic), signed_mode_frequencies_THz(model, corrected)])
+        errors = np.concatenate([np.zeros(n_acoustic), mode_errors])
+        order = np.argsort(frequencies, kind="stable")
+        frequencies, errors = frequencies[order], errors[order]
+        commensurate, mesh = phonon_frequencies(result.phonon, fc, commensurate_qpoints(result.phonon), settings.q_mesh)
+        changes.update(
+            force_constants_eV_A2=fc,
+            supercell_frequencies_THz=frequencies,
+            supercell_frequency_errors_THz=errors,
+            free_energy_eV_atom=result.free_energy_eV_atom + report.free_energy_difference_eV_atom,
+            free_energy_error_eV_atom=float(np.hypot(result.free_energy_error_eV_atom, report.free_energy_difference_error_eV_atom)),
+            commensurate_frequencies_THz=commensurate,
+            mesh_qpoints=mesh[0],
+            mesh_weights=mesh[1],
+            mesh_frequencies_THz=mesh[2],
+        )
+    return replace(result, **changes)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -185,3 +185,137 @@ def test_command_line_writes_the_record_and_agrees_with_the_harmonic_stage(share
     np.testing.assert_allclose(
         record["harmonic_supercell_frequencies_THz"], np.sort(harmonic.commensurate_frequencies_THz.ravel()), atol=1e-3
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Surrogate backend
+
+
+class QuarticBonds(Calculator):
+    """Nearest-neighbour bonds V = Σ_bonds ½k|Δu|² + ¼λ|Δu|⁴ (Δu = u_i - u_j): a translation-invariant
+    crystal whose potential is exactly a 2nd + 4th order force-constant expansion."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, reference: Atoms, k_eV_A2, lambda_eV_A4, cutoff_A):
+        from ase.neighborlist import neighbor_list
+
+        super().__init__()
+        self.reference = reference.positions.copy()
+        self.i, self.j = neighbor_list("ij", reference, cutoff_A)  # each bond twice, images included
+        self.k, self.lam = k_eV_A2, lambda_eV_A4
+
+    def bond_terms(self, d2):
+        return 0.5 * self.k * d2 + 0.25 * self.lam * d2**2, self.k + self.lam * d2
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        u = self.atoms.positions - self.reference
+        d = u[self.i] - u[self.j]
+        energy, stiffness = self.bond_terms(np.sum(d**2, axis=1))
+        forces = np.zeros_like(u)
+        np.add.at(forces, self.i, -stiffness[:, None] * d)
+        self.results["energy"] = float(0.5 * np.sum(energy))
+        self.results["forces"] = forces
+
+
+FCC = dict(a=4.0, nearest_A=4.0 / np.sqrt(2))
+
+
+def tiled_energy(force_constants, displacements) -> float:
+    """Σ over hiphive's sorted clusters of Φ_c·u⊗…⊗u / Π(m!), m: how often an atom repeats in c."""
+    from collections import Counter
+    from math import factorial, prod
+
+    energy = 0.0
+    for cluster, tensor in force_constants.get_fc_dict().items():
+        product = tensor
+        for atom in cluster:
+            product = np.tensordot(product, displacements[atom], axes=([0], [0]))
+        energy += float(product) / prod(factorial(m) for m in Counter(cluster).values())
+    return energy
+
+
+def test_folded_expansion_equals_the_tiled_force_constants():
+    """Folding force constants of a tiled supercell onto the SSCHA supercell changes nothing for
+    displacements periodic with it: the energy is the tiled one over the copies, the forces are its
+    negative gradient, batch and single-structure routes agree."""
+    from hiphive import ClusterSpace, ForceConstantPotential
+
+    from generate.sscha import ForceConstantExpansion, folded_monomials, quiet_hiphive
+
+    atoms = bulk("Ar", "fcc", a=FCC["a"])
+    model = supercell_model(atoms, SUPERCELL, SSCHASettings())
+    rng = np.random.default_rng(0)
+    with quiet_hiphive():
+        cluster_space = ClusterSpace(atoms, [3.4, 3.4, 3.4])  # beyond half the supercell: needs tiling
+        fcp = ForceConstantPotential(cluster_space, rng.normal(size=cluster_space.n_dofs))
+        force_constants = fcp.get_force_constants(model.atoms.repeat(2))
+    expansion = ForceConstantExpansion(model.atoms, 0.5, folded_monomials(force_constants, model.n_atoms, 8))
+    assert sorted(m.order for m in expansion.orders) == [2, 3, 4]
+    displacements = rng.normal(scale=0.1, size=(3, model.n_atoms, 3))
+    energies, forces = expansion.energies_and_forces(displacements)
+    for u, energy in zip(displacements, energies, strict=True):
+        assert energy - 0.5 == pytest.approx(tiled_energy(force_constants, np.tile(u, (8, 1))) / 8, rel=1e-10)
+    h = 1e-5
+    steps = np.eye(3 * model.n_atoms).reshape(-1, model.n_atoms, 3) * h
+    plus, _ = expansion.energies_and_forces(displacements[0] + steps)
+    minus, _ = expansion.energies_and_forces(displacements[0] - steps)
+    numerical = -(plus - minus).reshape(model.n_atoms, 3) / (2 * h)
+    assert np.abs(forces[0] - numerical).max() < 1e-6 * np.abs(numerical).max()
+    one = model.atoms.copy()
+    one.positions += displacements[0]
+    one.calc = expansion
+    np.testing.assert_allclose(one.get_forces(), forces[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def quartic_bond_crystal():
+    """fcc crystal of quartic nearest-neighbour bonds: direct SSCHA and surrogate SSCHA at 300 K."""
+    from generate.sscha import SurrogateSettings, run_sscha_surrogate
+
+    atoms = bulk("Ar", "fcc", a=FCC["a"])
+    settings = SSCHASettings(temperature_K=300.0, n_configurations=400, q_mesh=(2, 2, 2), frequency_error_target_THz=0.02)
+    model = supercell_model(atoms, SUPERCELL, settings)
+    calculator = QuarticBonds(model.atoms, 1.0, 20.0, cutoff_A=1.1 * FCC["nearest_A"])
+    direct = run_sscha(atoms, calculator, SUPERCELL, settings)
+    surrogate_settings = SurrogateSettings(
+        cutoffs_A=(1.2 * FCC["nearest_A"],) * 3, fit_method="least-squares", n_training_structures=10
+    )
+    surrogate = run_sscha_surrogate(atoms, calculator, SUPERCELL, settings, surrogate_settings)
+    return direct, surrogate, surrogate_settings
+
+
+def test_surrogate_reproduces_the_direct_sscha_of_an_exactly_representable_crystal(quartic_bond_crystal):
+    direct, surrogate, _ = quartic_bond_crystal
+    assert direct.converged and surrogate.converged and surrogate.backend == "surrogate"
+    shift = direct.supercell_frequencies_THz[3:] / direct.harmonic_supercell_frequencies_THz[3:]
+    assert shift.min() > 1.1  # the renormalization tested is 10-20 %, far above the tolerance
+    assert surrogate.max_frequency_error_THz <= 0.02 and direct.max_frequency_error_THz <= 0.02
+    # Independent stochastic runs: every mode within 3 combined standard errors (0.02 THz each at most).
+    combined = np.hypot(direct.supercell_frequency_errors_THz, surrogate.supercell_frequency_errors_THz)[3:]
+    difference = np.abs(direct.supercell_frequencies_THz - surrogate.supercell_frequencies_THz)[3:]
+    assert (difference <= 3 * combined).all(), (difference / combined).max()
+    assert surrogate.free_energy_eV_atom == pytest.approx(direct.free_energy_eV_atom, abs=3 * np.hypot(
+        surrogate.free_energy_error_eV_atom, direct.free_energy_error_eV_atom) + 1e-6)
+
+
+def test_surrogate_verification_report(quartic_bond_crystal):
+    direct, surrogate, settings = quartic_bond_crystal
+    report = surrogate.surrogate
+    # The bond model is exactly a 2nd + 4th order expansion: the fit and the verification see no error.
+    assert report.training_force_rmse_eV_A < 1e-9 and report.verification_force_rmse_eV_A < 1e-9
+    assert report.verification_relative_force_error < 1e-9
+    assert report.max_frequency_difference_THz < 1e-6 and report.free_energy_difference_eV_atom == pytest.approx(0, abs=1e-9)
+    assert report.n_fits == 1 and report.corrected
+    assert report.n_verification >= settings.n_verification and report.n_verification % 2 == 0
+    assert report.n_training_structures == settings.n_training_structures
+    assert 0 < report.n_nonzero_parameters <= report.n_parameters and report.n_monomials > 0
+    assert 0 < report.surrogate_frequency_error_THz <= 0.01  # half the target, the rest left to verification
+    # Potential evaluations: 1 finite displacement (fcc), E0, training and verification; the
+    # SSCHA's own ensembles ran on the surrogate.
+    assert surrogate.n_potential_evaluations == 1 + 1 + report.n_training_structures + report.n_verification
+    assert report.n_surrogate_evaluations > 5 * surrogate.n_potential_evaluations
+    assert direct.n_potential_evaluations > surrogate.n_potential_evaluations
+    record = json.loads(json.dumps(surrogate.to_json_dict()))
+    assert record["backend"] == "surrogate" and record["surrogate"]["n_verification"] == report.n_verification

@@ -1,0 +1,214 @@
+"""κ with phono3py: the DFT silicon reference through thermobench's own functions, the harmonic /
+renormalized ratio, an unstable harmonic FC2, phono3py failures, FC2 supercell matching, the CLI."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from generate.kappa import (
+    KappaSettings,
+    build_phono3py,
+    harmonic_fc2_from_potential,
+    supercell_matrix_between,
+    unit_cell,
+    compute_kappa,
+    kappa_from_phono3py,
+    load_phono3py_dataset,
+    pipeline_kappa_columns,
+    reorder_fc2,
+    supercell_permutation,
+)
+
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+SI_KAPPA_XX_300K = 109.1  # W/(m·K), reference README: PBEsol, 11x11x11, RTA, no isotopes
+
+
+@pytest.fixture(autouse=True)
+def _quiet_phonopy():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*primitive_matrix.*")
+        yield
+
+
+@pytest.fixture(scope="module")
+def si_dft(shared):
+    folder = shared / "reference" / "dft-kappa" / "Si-PBEsol"
+    if not (folder / "FORCES_FC3").is_file():
+        pytest.skip(f"no DFT reference at {folder}")
+    return load_phono3py_dataset(folder / "phono3py_disp.yaml", folder / "FORCES_FC3")
+
+
+def test_dft_silicon_reference(si_dft):
+    """phono3py_disp.yaml + FORCES_FC3 (VASP PBEsol) -> κ_xx(300 K) = 109.1 W/(m·K) within 1 %."""
+    settings = KappaSettings(temperatures_K=(300.0,), q_mesh=(11, 11, 11), method="rta", isotope=False)
+    result = kappa_from_phono3py(si_dft, settings)
+    assert result.status == "ok" and result.harmonic.status == "ok"
+    kappa = np.array(result.harmonic.kappa_W_mK[0])
+    assert kappa[0] == pytest.approx(SI_KAPPA_XX_300K, rel=0.01)
+    # Cubic: isotropic, no off-diagonal part.
+    assert kappa[:3] == pytest.approx([kappa[0]] * 3, rel=1e-8)
+    assert np.abs(kappa[3:]).max() < 1e-6 * kappa[0]
+    # The per-mode summary adds up to κ; README: the heat is carried by modes below about 6 THz.
+    summary = result.harmonic.contributions
+    assert summary.cumulative_kappa_W_mK[0][-1] == pytest.approx(result.harmonic.kappa_average_W_mK[0], rel=1e-10)
+    edges = np.array(summary.frequency_bin_edges_THz[1:])
+    below_6THz = np.array(summary.cumulative_kappa_W_mK[0])[edges <= 6.2][-1]
+    assert below_6THz > 0.8 * kappa[0]
+    assert 0.8 < summary.acoustic_fraction[0] <= 1.0
+    assert result.kappa_ratio == [None] and "no renormalized FC2" in result.kappa_ratio_null_reason
+    json.dumps(result.to_json_dict())  # serialisable
+
+
+def test_identical_fc2_gives_ratio_one_and_isotopes_lower_kappa(si_dft):
+    fc2 = np.array(si_dft.fc2)
+    settings = KappaSettings(temperatures_K=(300.0, 600.0), q_mesh=(5, 5, 5), isotope=False)
+    result = kappa_from_phono3py(si_dft, settings, fc2_harmonic=fc2, fc2_renormalized=fc2.copy())
+    assert result.status == "ok"
+    assert result.kappa_ratio == pytest.approx([1.0, 1.0], abs=1e-12)
+    harmonic = result.harmonic.kappa_average_W_mK
+    assert harmonic[1] < harmonic[0]  # Umklapp scattering grows with T
+    with_isotopes = kappa_from_phono3py(si_dft, KappaSettings(temperatures_K=(300.0,), q_mesh=(5, 5, 5), isotope=True))
+    assert with_isotopes.harmonic.kappa_average_W_mK[0] < harmonic[0]
+
+
+def test_unstable_harmonic_fc2_gives_null_with_reason(si_dft):
+    """Harmonic FC2 with imaginary modes: κ_harmonic null with the reason; κ from the stable one remains."""
+    fc2 = np.array(si_dft.fc2)
+    settings = KappaSettings(temperatures_K=(300.0,), q_mesh=(5, 5, 5), isotope=False)
+    result = kappa_from_phono3py(si_dft, settings, fc2_harmonic=-fc2, fc2_renormalized=fc2)
+    assert result.status == "partial"
+    assert result.harmonic.status == "unstable" and result.harmonic.kappa_W_mK is None
+    assert "imaginary" in result.harmonic.reason and result.harmonic.n_imaginary_modes > 0
+    assert result.renormalized.status == "ok" and result.renormalized.kappa_average_W_mK[0] > 10
+    assert result.kappa_ratio == [None] and "κ_harmonic is null" in result.kappa_ratio_null_reason
+
+
+def test_phono3py_failure_is_captured(si_dft, monkeypatch):
+    from phono3py import Phono3py
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("collision integral exploded")
+
+    monkeypatch.setattr(Phono3py, "run_thermal_conductivity", broken)
+    result = kappa_from_phono3py(si_dft, KappaSettings(q_mesh=(3, 3, 3)), fc2_renormalized=np.array(si_dft.fc2))
+    assert result.status == "failed"
+    assert result.harmonic.status == "failed" and "collision integral exploded" in result.harmonic.reason
+    assert result.kappa_ratio == [None]
+
+
+def test_fc3_fit_failure_is_captured():
+    """symfc cannot fit FC3 from a single random snapshot of a 32-atom supercell: recorded, not raised."""
+    atoms = bulk("Cu", "fcc", a=3.61)
+    settings = KappaSettings(
+        unit_cell="conventional", fc3_supercell_matrix=(2, 2, 2), fc3_method="random_fit", fc3_n_snapshots=1,
+        q_mesh=(3, 3, 3),
+    )
+    result = compute_kappa(atoms, EMT(), settings)
+    assert result.status == "failed" and result.harmonic is None
+    assert "FC3" in result.reason and "symfc needs at least" in result.reason
+
+
+def test_supercell_permutation_recovers_a_shuffled_supercell():
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    phonon = Phonopy(PhonopyAtoms(symbols=atoms.get_chemical_symbols(), cell=atoms.cell.array,
+                                  scaled_positions=atoms.get_scaled_positions()), supercell_matrix=np.eye(3) * 2)
+    target = phonon.supercell
+    n = len(target)
+    rng = np.random.default_rng(1)
+    fc = rng.normal(size=(n, n, 3, 3))
+    order = rng.permutation(n)
+    from ase import Atoms
+
+    shuffled = Atoms(np.array(target.symbols)[order], cell=target.cell, scaled_positions=target.scaled_positions[order], pbc=True)
+    shuffled.positions += rng.normal(scale=0.02, size=(n, 3))  # SSCHA centroids wander a little
+    perm = supercell_permutation(shuffled, target)
+    np.testing.assert_array_equal(order[perm], np.arange(n))
+    np.testing.assert_array_equal(reorder_fc2(fc[np.ix_(order, order)], perm), fc)
+
+
+def test_compute_kappa_with_sscha_supercell_fc2_is_matched_and_ratio_one():
+    """EMT copper end to end: FC3 by finite displacements in the 2x2x2 conventional cell; the FC2 comes
+    in the SSCHA's (phonopy's primitive-cell) supercell order and must be matched to phono3py's."""
+    from generate.sscha import SSCHASettings, harmonic_force_constants, supercell_model
+
+    atoms = bulk("Cu", "fcc", a=3.59)
+    model = supercell_model(atoms, [2, 2, 2], SSCHASettings())
+    fc2, _ = harmonic_force_constants(model, EMT(), SSCHASettings())
+    settings = KappaSettings(unit_cell="conventional", fc3_supercell_matrix=(2, 2, 2), fc3_cutoff_A=3.0,
+                             q_mesh=(5, 5, 5), temperatures_K=(300.0,))
+    given = compute_kappa(atoms, EMT(), settings, fc2_renormalized={300.0: fc2}, fc2_supercell=model.atoms, fc2_harmonic=fc2)
+    assert given.status == "ok", given.reason
+    assert given.kappa_ratio == pytest.approx([1.0], abs=1e-12)
+    assert given.fc3.n_potential_evaluations == given.fc3.n_displacements + 1 == given.n_potential_evaluations
+    assert 1 < given.harmonic.kappa_average_W_mK[0] < 1000
+    # The matched FC2 is the one phono3py's own displacements give in its phonon supercell.
+    from phonopy.harmonic.force_constants import compact_fc_to_full_fc
+
+    unit = unit_cell(atoms, settings)
+    ph3 = build_phono3py(unit, settings, supercell_matrix_between(unit, model.atoms))
+    own, _ = harmonic_fc2_from_potential(ph3, EMT(), settings)
+    own = compact_fc_to_full_fc(ph3.phonon_primitive, own) if own.shape[0] != own.shape[1] else own
+    matched = reorder_fc2(fc2, supercell_permutation(model.atoms, ph3.phonon_supercell))
+    assert np.abs(matched - own).max() < 1e-6 * np.abs(own).max()
+    assert np.abs(fc2 - own).max() > 0.1 * np.abs(own).max()  # the orders really differ
+
+
+def test_finite_displacements_and_random_fit_agree_on_emt():
+    atoms = bulk("Cu", "fcc", a=3.59)
+    common = dict(unit_cell="conventional", fc3_supercell_matrix=(2, 2, 2), fc3_cutoff_A=3.0, q_mesh=(5, 5, 5))
+    fd = compute_kappa(atoms, EMT(), KappaSettings(**common))
+    fit = compute_kappa(atoms, EMT(), KappaSettings(**common, fc3_method="random_fit", fc3_n_snapshots=8))
+    assert fd.status == fit.status == "ok"
+    assert fit.fc3.n_potential_evaluations < fd.fc3.n_potential_evaluations
+    assert fit.harmonic.kappa_average_W_mK[0] == pytest.approx(fd.harmonic.kappa_average_W_mK[0], rel=0.15)
+
+
+def test_pipeline_columns_with_sscha_results():
+    from generate.sscha import SSCHASettings, run_sscha
+
+    atoms = bulk("Cu", "fcc", a=3.59)
+    results = [
+        run_sscha(atoms, EMT(), [2, 2, 2], SSCHASettings(temperature_K=t, n_configurations=100, max_steps=10, seed=0))
+        for t in (300.0, 800.0)
+    ]
+    rows = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results,
+                                  {"enabled": True, "q_mesh": [5, 5, 5], "fc3_cutoff_A": 3.0})
+    assert len(rows) == 2
+    for row in rows:
+        assert set(row) == {"kappa_harmonic_W_mK", "kappa_renormalized_W_mK", "kappa_ratio", "kappa_null_reason"}
+        assert row["kappa_null_reason"] is None
+        assert row["kappa_ratio"] == pytest.approx(row["kappa_renormalized_W_mK"] / row["kappa_harmonic_W_mK"])
+        assert 0.2 < row["kappa_ratio"] < 5
+    assert rows[1]["kappa_harmonic_W_mK"] < rows[0]["kappa_harmonic_W_mK"]
+
+
+def test_cli_writes_json(tmp_path):
+    out = tmp_path / "kappa.json"
+    command = [
+        sys.executable, "-m", "generate.kappa", "--structure", "Cu", "--potential", "EMT", "--temperatures", "300",
+        "--no-sscha", "--fc3-cutoff", "3.0", "--q-mesh", "4", "4", "4", "--out", str(out),
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["status"] == "ok" and record["harmonic"]["kappa_average_W_mK"][0] > 1
+    assert record["potential"]["name"] == "EMT" and record["settings"]["q_mesh"] == [4, 4, 4]
+    assert "κ_harmonic" in done.stdout
+
+
+def test_cli_rejects_unknown_setting(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "generate.kappa", "--potential", "EMT", "--structure", "Cu", "--no-relax",
+         "--set", "kappa.q_mseh=[4,4,4]", "--out", str(tmp_path / "k.json")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0 and "q_mseh" in done.stderr

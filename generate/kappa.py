@@ -467,43 +467,44 @@ def conductivity(ph3, fc2: np.ndarray, settings: KappaSettings, label: str, temp
 
 
 def _merge_tables(tables: list[KappaTable], temperatures: list[float], label: str) -> KappaTable:
-    """One table from per-temperature tables (each renormalized FC2 belongs to its own temperature)."""
+    """One table from per-temperature tables (each renormalized FC2 belongs to its own temperature).
+    A temperature whose FC2 is unstable or failed gets null entries; the others keep their κ."""
     if len(tables) == 1:
         return tables[0]
-    failed = [t for t in tables if t.status != "ok"]
     rows = {t.temperatures_K[0]: t for t in tables}
     ordered = [rows[T] for T in temperatures]
-    ok = not failed
+    bad = [t for t in ordered if t.status != "ok"]
+    good = [t for t in ordered if t.status == "ok"]
 
     def stack(name):
-        if not ok:
-            return None
-        return [getattr(t, name)[0] for t in ordered]
+        values = [getattr(t, name)[0] if getattr(t, name) is not None else None for t in ordered]
+        return None if all(v is None for v in values) else values
+
+    def per_temperature(name):
+        return [getattr(t.contributions, name)[0] if t.contributions is not None else None for t in ordered]
 
     contributions = None
-    if ok:
-        first = ordered[0].contributions
+    if good:
         contributions = ModeContributions(
-            frequency_bin_edges_THz=first.frequency_bin_edges_THz,  # edges of the lowest temperature's FC2
-            kappa_per_bin_W_mK=[t.contributions.kappa_per_bin_W_mK[0] for t in ordered],
-            cumulative_kappa_W_mK=[t.contributions.cumulative_kappa_W_mK[0] for t in ordered],
-            acoustic_fraction=[t.contributions.acoustic_fraction[0] for t in ordered],
-            median_frequency_THz=[t.contributions.median_frequency_THz[0] for t in ordered],
+            frequency_bin_edges_THz=good[0].contributions.frequency_bin_edges_THz,  # of the first stable FC2
+            kappa_per_bin_W_mK=per_temperature("kappa_per_bin_W_mK"),
+            cumulative_kappa_W_mK=per_temperature("cumulative_kappa_W_mK"),
+            acoustic_fraction=per_temperature("acoustic_fraction"),
+            median_frequency_THz=per_temperature("median_frequency_THz"),
         )
-    reasons = "; ".join(f"{t.temperatures_K[0]:g} K: {t.reason}" for t in failed)
-    statuses = {t.status for t in failed}
+    statuses = {t.status for t in bad}
     return KappaTable(
         label=label,
-        status="ok" if ok else ("failed" if "failed" in statuses else "unstable"),
-        reason=reasons or None,
+        status="ok" if not bad else ("failed" if "failed" in statuses else "unstable"),
+        reason="; ".join(f"{t.temperatures_K[0]:g} K: {t.reason}" for t in bad) or None,
         temperatures_K=temperatures,
         kappa_W_mK=stack("kappa_W_mK"),
         kappa_average_W_mK=stack("kappa_average_W_mK"),
         min_frequency_THz=min((t.min_frequency_THz for t in tables if t.min_frequency_THz is not None), default=None),
         n_imaginary_modes=max((t.n_imaginary_modes for t in tables if t.n_imaginary_modes is not None), default=None),
         contributions=contributions,
-        kappa_populations_W_mK=stack("kappa_populations_W_mK") if ordered[0].kappa_populations_W_mK else None,
-        kappa_coherences_W_mK=stack("kappa_coherences_W_mK") if ordered[0].kappa_coherences_W_mK else None,
+        kappa_populations_W_mK=stack("kappa_populations_W_mK"),
+        kappa_coherences_W_mK=stack("kappa_coherences_W_mK"),
         wall_time_s=sum(t.wall_time_s for t in tables),
     )
 
@@ -546,13 +547,15 @@ def kappa_from_phono3py(
     ratio, ratio_reason = [None] * len(temperatures), None
     if harmonic is None or renormalized is None:
         ratio_reason = "no renormalized FC2 given" if renormalized is None else "no harmonic FC2 given"
-    elif harmonic.status != "ok":
-        ratio_reason = f"κ_harmonic is null: {harmonic.reason}"
-    elif renormalized.status != "ok":
-        ratio_reason = f"κ_renormalized is null: {renormalized.reason}"
     else:
-        ratio = [r / h if h > 0 else None for r, h in zip(renormalized.kappa_average_W_mK, harmonic.kappa_average_W_mK, strict=True)]
-        if any(r is None for r in ratio):
+        harm = harmonic.kappa_average_W_mK or [None] * len(temperatures)
+        ren = renormalized.kappa_average_W_mK or [None] * len(temperatures)
+        ratio = [r / h if r is not None and h is not None and h > 0 else None for r, h in zip(ren, harm, strict=True)]
+        if harmonic.status != "ok":
+            ratio_reason = f"κ_harmonic is null: {harmonic.reason}"
+        elif renormalized.status != "ok":
+            ratio_reason = f"κ_renormalized is null: {renormalized.reason}"
+        elif any(r is None for r in ratio):
             ratio_reason = "κ_harmonic is zero"
     tables = [t for t in (harmonic, renormalized) if t is not None]
     n_ok = sum(t.status == "ok" for t in tables)
@@ -676,7 +679,9 @@ def load_phono3py_dataset(
 
 def settings_from_dict(values: Mapping | None) -> KappaSettings:
     """KappaSettings from a plain mapping (YAML); lists become tuples; unknown keys are an error."""
-    values = dict(values or {})
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(values, resolve=True) if OmegaConf.is_config(values) else dict(values or {})
     known = set(KappaSettings.__dataclass_fields__)
     unknown = sorted(set(values) - known)
     if unknown:
@@ -705,19 +710,15 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
         fc2_harmonic=results[0].harmonic_force_constants_eV_A2,
     )
     rows = []
-    for k, temperature in enumerate(settings.temperatures_K):
-        harm = result.harmonic.average_at(temperature) if result.harmonic and result.harmonic.status == "ok" else None
-        ren = None
-        if result.renormalized is not None and result.renormalized.kappa_average_W_mK is not None:
-            ren = result.renormalized.kappa_average_W_mK[k]
-        reason = None if (harm is not None and ren is not None and result.kappa_ratio[k] is not None) else (
-            result.kappa_ratio_null_reason or result.reason
-        )
+    harmonic_kappa = (result.harmonic.kappa_average_W_mK if result.harmonic else None) or [None] * len(results)
+    renormalized_kappa = (result.renormalized.kappa_average_W_mK if result.renormalized else None) or [None] * len(results)
+    for k in range(len(settings.temperatures_K)):
+        ratio = result.kappa_ratio[k]
         rows.append({
-            "kappa_harmonic_W_mK": harm,
-            "kappa_renormalized_W_mK": ren,
-            "kappa_ratio": result.kappa_ratio[k],
-            "kappa_null_reason": reason,
+            "kappa_harmonic_W_mK": harmonic_kappa[k],
+            "kappa_renormalized_W_mK": renormalized_kappa[k],
+            "kappa_ratio": ratio,
+            "kappa_null_reason": None if ratio is not None else (result.kappa_ratio_null_reason or result.reason),
         })
     return rows
 
@@ -841,8 +842,8 @@ def main(argv: list[str] | None = None) -> KappaResult:
     result, record = run_from_config(cfg)
     write_json_atomically(cfg.out, record)
     for T, ratio in zip(result.temperatures_K, result.kappa_ratio, strict=True):
-        harm = result.harmonic.average_at(T) if result.harmonic and result.harmonic.status == "ok" else None
-        ren = result.renormalized.average_at(T) if result.renormalized and result.renormalized.status == "ok" else None
+        harm = result.harmonic.average_at(T) if result.harmonic else None
+        ren = result.renormalized.average_at(T) if result.renormalized else None
         print(f"{record['formula']} {T:g} K: κ_harmonic {_fmt(harm)}, κ_renormalized {_fmt(ren)} W/(m·K), ratio {_fmt(ratio, 3)}")
     if result.reason:
         print(f"status {result.status}: {result.reason}")

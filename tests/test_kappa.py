@@ -87,6 +87,12 @@ def test_unstable_harmonic_fc2_gives_null_with_reason(si_dft):
     assert "imaginary" in result.harmonic.reason and result.harmonic.n_imaginary_modes > 0
     assert result.renormalized.status == "ok" and result.renormalized.kappa_average_W_mK[0] > 10
     assert result.kappa_ratio == [None] and "κ_harmonic is null" in result.kappa_ratio_null_reason
+    # Renormalized FC2 per temperature: an unstable one nulls only its own temperature.
+    settings = KappaSettings(temperatures_K=(300.0, 600.0), q_mesh=(5, 5, 5), isotope=False)
+    mixed = kappa_from_phono3py(si_dft, settings, fc2_harmonic=fc2, fc2_renormalized={300.0: fc2, 600.0: -fc2})
+    assert mixed.renormalized.status == "unstable" and mixed.renormalized.reason.startswith("600 K:")
+    assert mixed.renormalized.kappa_average_W_mK[1] is None
+    assert mixed.kappa_ratio[0] == pytest.approx(1.0, abs=1e-12) and mixed.kappa_ratio[1] is None
 
 
 def test_phono3py_failure_is_captured(si_dft, monkeypatch):

@@ -218,3 +218,18 @@ def test_cli_rejects_unknown_setting(tmp_path):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode != 0 and "q_mseh" in done.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Symmetry of Born")  # the charges are made up: this checks the wiring
+def test_born_charges_switch_on_the_non_analytic_correction(shared):
+    """Made-up, neutral Born charges (+1, -1) on the two Si sites split LO and TO and change κ."""
+    folder = shared / "reference" / "dft-kappa" / "Si-PBEsol"
+    if not (folder / "FORCES_FC3").is_file():
+        pytest.skip(f"no DFT reference at {folder}")
+    settings = KappaSettings(temperatures_K=(300.0,), q_mesh=(5, 5, 5), isotope=False)
+    plain = kappa_from_phono3py(load_phono3py_dataset(folder / "phono3py_disp.yaml", folder / "FORCES_FC3"), settings)
+    ph3 = load_phono3py_dataset(folder / "phono3py_disp.yaml", folder / "FORCES_FC3")
+    ph3.nac_params = {"born": np.array([np.eye(3), -np.eye(3)]), "dielectric": np.eye(3) * 11.7, "factor": 14.399652}
+    polar = kappa_from_phono3py(ph3, settings)
+    assert not plain.nac and polar.nac and polar.status == "ok"
+    assert abs(polar.harmonic.kappa_average_W_mK[0] / plain.harmonic.kappa_average_W_mK[0] - 1) > 1e-3

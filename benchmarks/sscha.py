@@ -1,0 +1,220 @@
+"""SSCHA cost to a frequency stochastic error of 0.02 THz: direct, surrogate and phonopy's own loop.
+
+    THERMOBENCH_MODELS=../shared/models nice .venv/bin/python -m benchmarks.sscha \
+        [--materials NaCl CsPbBr3] [--methods direct surrogate phonopy] [--target 0.02] \
+        [--out benchmarks/results/sscha]
+
+For each material (NaCl: 2×2×2 supercell of the primitive cell, 16 atoms; cubic CsPbBr3: 2×2×2 of
+the 5-atom cell, 40 atoms; both relaxed with the potential first, untimed) at 300 K, three routes run
+one after the other in this process, each until every supercell frequency has a stochastic error
+≤ ``--target``:
+
+- ``direct``: ``run_sscha`` with ``frequency_error_target_THz``;
+- ``surrogate``: ``run_sscha_surrogate`` (hiphive fit, SSCHA on it, paired verification and
+  correction with the potential), same target;
+- ``phonopy``: phonopy's ``MLPSSCHA`` loop with the same potential
+  (:mod:`benchmarks.sscha_phonopy_crosscheck`), iterated until the mean of its refits after the
+  transient has that error.
+
+Wall and CPU time and potential evaluations are reported with ratios to the phonopy loop, and the
+frequencies of each route are compared with the phonopy loop's within their combined errors (the
+cross-check). Each route's result is written to ``<out>/<material>_<method>.json`` as it finishes and
+reused when present (delete it to rerun), so a stopped run resumes; ``report.json`` and
+``report.md`` are rewritten from those files. The machine is shared: wall time includes the
+waiting for the CPU that other processes take, CPU time does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.sscha_phonopy_crosscheck import RESULTS, compare, run_phonopy_loop, versions
+
+MATERIALS = {"NaCl": (2, 2, 2), "CsPbBr3": (2, 2, 2)}
+
+
+def starting_structure(name: str):
+    from thermobench.families import builtin_materials
+    from thermobench.structures import BUILTIN_CRYSTALS, builtin_structure
+
+    if name in BUILTIN_CRYSTALS:
+        return builtin_structure(name)
+    return builtin_materials(ids=[f"perovskite-cubic-{name}"])[0].atoms()  # a = 5.874 Å to start
+
+
+def relaxed(name: str, potential_name: str):
+    from generate.relax import RelaxSettings, relax
+    from thermobench.potentials import load_calculator
+
+    result = relax(starting_structure(name), load_calculator(potential_name), RelaxSettings())
+    if not (result.converged and result.symmetry_kept):
+        raise RuntimeError(f"{name}: relaxation converged={result.converged}, {result.spacegroup_before} -> {result.spacegroup_after}")
+    return result.atoms
+
+
+def run_method(method: str, atoms, potential, supercell, args) -> dict:
+    from generate.sscha import SSCHASettings, SurrogateSettings, run_sscha, run_sscha_surrogate
+
+    settings = SSCHASettings(temperature_K=args.temperature, frequency_error_target_THz=args.target, seed=args.seed)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    if method == "phonopy":
+        result = run_phonopy_loop(
+            atoms, potential, supercell, args.temperature, args.snapshots, args.transient, args.target,
+            max_iterations=args.max_iterations, seed=args.seed,
+        )
+        record = result.to_json_dict()
+        record["converged"] = result.reached_target
+        record["max_frequency_error_THz"] = float(result.frequency_errors_THz.max())
+    else:
+        if method == "direct":
+            result = run_sscha(atoms, potential, supercell, settings)
+        else:
+            result = run_sscha_surrogate(atoms, potential, supercell, settings, SurrogateSettings())
+        record = {k: v for k, v in result.to_json_dict().items() if not k.startswith("mesh")}
+        record["max_frequency_error_THz"] = result.max_frequency_error_THz
+    record.update(method=method, wall_time_s=time.perf_counter() - wall0, cpu_time_s=time.process_time() - cpu0)
+    return record
+
+
+def summarize(material: str, records: dict, target: float) -> dict:
+    baseline = records.get("phonopy")
+    rows = {}
+    for method, r in records.items():
+        row = {
+            "converged": r["converged"],
+            "status": r.get("status", "reached target" if r["converged"] else "target not reached"),
+            "wall_time_s": r["wall_time_s"],
+            "cpu_time_s": r["cpu_time_s"],
+            "n_potential_evaluations": r["n_potential_evaluations"],
+            "max_frequency_error_THz": r["max_frequency_error_THz"],
+            "reached_target": r["max_frequency_error_THz"] <= target,
+        }
+        if method != "phonopy" and r.get("unstable_harmonic_modes") is not None:
+            row["n_unstable_harmonic_modes"] = len(r["unstable_harmonic_modes"])
+            row["min_harmonic_frequency_THz"] = min(r["harmonic_supercell_frequencies_THz"])
+            row["min_frequency_THz"] = min(r["supercell_frequencies_THz"][3:])
+        if baseline is not None and method != "phonopy":
+            row["phonopy_wall_over_this"] = baseline["wall_time_s"] / r["wall_time_s"]
+            row["phonopy_cpu_over_this"] = baseline["cpu_time_s"] / r["cpu_time_s"]
+            row["phonopy_evaluations_over_this"] = baseline["n_potential_evaluations"] / r["n_potential_evaluations"]
+            row["agreement_with_phonopy"] = compare(
+                r["supercell_frequencies_THz"], r["supercell_frequency_errors_THz"],
+                baseline["supercell_frequencies_THz"], baseline["supercell_frequency_errors_THz"],
+            )
+        if method == "surrogate" and r.get("surrogate"):
+            row["surrogate"] = r["surrogate"]
+        rows[method] = row
+    if "direct" in records and "surrogate" in records:
+        rows["surrogate"]["agreement_with_direct"] = compare(
+            records["surrogate"]["supercell_frequencies_THz"], records["surrogate"]["supercell_frequency_errors_THz"],
+            records["direct"]["supercell_frequencies_THz"], records["direct"]["supercell_frequency_errors_THz"],
+        )
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# SSCHA cost to a frequency stochastic error of %.3g THz at %g K" % (report["target_THz"], report["temperature_K"]),
+        "",
+        "```",
+        report["command"],
+        "```",
+        "",
+        f"Potential {report['potential']['name'] if isinstance(report['potential'], dict) and 'name' in report['potential'] else report['potential']}, "
+        f"CPU only ({report['cpu_count']} cores shared with other jobs: wall time includes waiting, CPU time does not). "
+        f"phonopy loop: {report['snapshots']} snapshots per iteration, {report['transient']} transient iterations.",
+        "",
+        "| material | method | reached | wall s | CPU s | evaluations | max σν THz | phonopy/this wall | phonopy/this CPU | phonopy/this evals | max abs(z) vs phonopy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for material, rows in report["materials"].items():
+        for method, row in rows.items():
+            agreement = row.get("agreement_with_phonopy", {})
+            lines.append(
+                f"| {material} | {method} | {row['reached_target']} | {row['wall_time_s']:.0f} | {row['cpu_time_s']:.0f} | "
+                f"{row['n_potential_evaluations']} | {row['max_frequency_error_THz']:.4f} | "
+                f"{row.get('phonopy_wall_over_this', float('nan')):.2f} | {row.get('phonopy_cpu_over_this', float('nan')):.2f} | "
+                f"{row.get('phonopy_evaluations_over_this', float('nan')):.2f} | {agreement.get('max_abs_z', float('nan')):.2f} |"
+            )
+    lines.append("")
+    for material, rows in report["materials"].items():
+        for method, row in rows.items():
+            if "n_unstable_harmonic_modes" in row:
+                lines.append(
+                    f"- {material} {method}: {row['n_unstable_harmonic_modes']} harmonically unstable modes at commensurate q "
+                    f"(lowest harmonic {row['min_harmonic_frequency_THz']:.2f} THz), lowest renormalized "
+                    f"{row['min_frequency_THz']:.2f} THz; status: {row['status']}"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from thermobench.potentials import DEFAULT_POTENTIAL, describe, load_potential
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--materials", nargs="+", default=list(MATERIALS), choices=list(MATERIALS))
+    parser.add_argument("--methods", nargs="+", default=["direct", "surrogate", "phonopy"])
+    parser.add_argument("--temperature", type=float, default=300.0)
+    parser.add_argument("--target", type=float, default=0.02, help="frequency stochastic error, THz")
+    parser.add_argument("--potential", default=DEFAULT_POTENTIAL)
+    parser.add_argument("--snapshots", type=int, default=500, help="phonopy loop: supercells per iteration")
+    parser.add_argument("--transient", type=int, default=2, help="phonopy loop: iterations left out of the mean")
+    parser.add_argument("--max-iterations", type=int, default=30, help="phonopy loop")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    import os
+
+    potential = load_potential(args.potential)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "command": "THERMOBENCH_MODELS=../shared/models nice .venv/bin/python -m benchmarks.sscha " + " ".join(sys.argv[1:]),
+        "temperature_K": args.temperature,
+        "target_THz": args.target,
+        "snapshots": args.snapshots,
+        "transient": args.transient,
+        "potential": describe(potential),
+        "cpu_count": os.cpu_count(),
+        "versions": versions(),
+        "materials": {},
+    }
+    for material in args.materials:
+        supercell = MATERIALS[material]
+        atoms = None
+        records = {}
+        for method in args.methods:
+            path = args.out / f"{material}_{method}.json"
+            if path.exists():
+                records[method] = json.loads(path.read_text())
+                print(f"{material} {method}: reusing {path}")
+                continue
+            if atoms is None:
+                atoms = relaxed(material, args.potential)
+                print(f"{material}: relaxed, a = {np.linalg.norm(atoms.cell[0]):.4f} Å ({len(atoms)} atoms per cell)", flush=True)
+            record = run_method(method, atoms, potential, supercell, args)
+            record.update(material=material, supercell=list(supercell), lattice_vectors_A=atoms.cell.array.tolist())
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(path)
+            records[method] = record
+            print(
+                f"{material} {method}: converged={record['converged']}, {record['n_potential_evaluations']} evaluations, "
+                f"wall {record['wall_time_s']:.0f} s, CPU {record['cpu_time_s']:.0f} s, "
+                f"max error {record['max_frequency_error_THz']:.4f} THz",
+                flush=True,
+            )
+        report["materials"][material] = summarize(material, records, args.target)
+        (args.out / "report.json").write_text(json.dumps(report, indent=1))
+        (args.out / "report.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -122,13 +122,15 @@ class ThermoDataModule(LightningDataModule):
     def _cache_path(self) -> str | None:
         return os.fspath(self.cache_dir) if self.cache_dir else None
 
-    def _loader(self, name: str, shuffle: bool):
+    def _loader(self, name: str, shuffle: bool, drop_last: bool = False):
         from torch_geometric.loader import DataLoader
 
-        return DataLoader(self.graphs(name), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+        return DataLoader(self.graphs(name), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          drop_last=drop_last)
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        # a last batch of one single-atom crystal breaks batch norm (CGCNN); shuffling still visits every row
+        return self._loader("train", shuffle=True, drop_last=len(self.graphs("train")) > self.batch_size)
 
     def val_dataloader(self):
         return self._loader("validation", shuffle=False)

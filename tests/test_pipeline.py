@@ -202,3 +202,18 @@ def test_sources_fail_clearly(tmp_path, monkeypatch):
     else:
         with pytest.raises(RuntimeError, match="MP_API_KEY"):
             materials_project_source(["mp-149"])
+
+
+def test_kappa_step_fills_the_kappa_columns(tmp_path):
+    pytest.importorskip("phono3py")
+    out = tmp_path / "run"
+    cfg = compose(
+        "source.ids=[fcc-Cu]", "executor.kind=serial", f"out_dir={out}",
+        "kappa.enabled=true", "kappa.q_mesh=[4,4,4]",
+    )
+    assert run(cfg, progress=False).n_done == 1
+    (record,) = records_of(out).values()
+    for row in record["rows"]:
+        assert row["kappa_null_reason"] is None
+        assert row["kappa_harmonic_W_mK"] > 0 and row["kappa_renormalized_W_mK"] > 0
+        assert row["kappa_ratio"] == pytest.approx(row["kappa_renormalized_W_mK"] / row["kappa_harmonic_W_mK"], rel=1e-6)

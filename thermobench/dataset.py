@@ -222,5 +222,6 @@ def load_dataset(name_or_path: str | os.PathLike = "thermobench-mini", split: st
         # datasets' cache can serve an older build of a re-assembled local folder; local data is small,
         # so it is always read afresh.
         kwargs.setdefault("download_mode", "force_redownload")
+        kwargs.setdefault("verification_mode", "no_checks")  # the cache's split sizes may be of an older build
         kwargs.setdefault("features", features())
     return datasets.load_dataset(source, name=name, split=split, **kwargs)

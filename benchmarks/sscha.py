@@ -20,7 +20,9 @@ Wall and CPU time and potential evaluations are reported with ratios to the phon
 frequencies of each route are compared with the phonopy loop's within their combined errors (the
 cross-check). Each route's result is written to ``<out>/<material>_<method>.json`` as it finishes and
 reused when present (delete it to rerun), so a stopped run resumes; ``report.json`` and
-``report.md`` are rewritten from those files. The machine is shared: wall time includes the
+``report.md`` are rewritten from those files: for every material asked for, every route with a
+result file in ``<out>`` is reported, also routes not asked for this time (each record carries the
+command line that made it), so results of separate invocations end up in one report. The machine is shared: wall time includes the
 waiting for the CPU that other processes take, CPU time does not.
 """
 
@@ -37,6 +39,7 @@ import numpy as np
 from benchmarks.sscha_phonopy_crosscheck import RESULTS, compare, run_phonopy_loop, versions
 
 MATERIALS = {"NaCl": (2, 2, 2), "CsPbBr3": (2, 2, 2)}
+KNOWN_METHODS = ("surrogate", "direct", "phonopy")
 
 
 def starting_structure(name: str):
@@ -151,6 +154,15 @@ def markdown(report: dict) -> str:
                     f"(lowest harmonic {row['min_harmonic_frequency_THz']:.2f} THz), lowest renormalized "
                     f"{row['min_frequency_THz']:.2f} THz; status: {row['status']}"
                 )
+            if row.get("surrogate"):
+                s = row["surrogate"]
+                lines.append(
+                    f"- {material} {method}: {s['n_training_structures']} training structures, {s['n_nonzero_parameters']}/"
+                    f"{s['n_parameters']} parameters; verification on {s['n_verification']} configurations: relative force "
+                    f"error {s['verification_relative_force_error']:.3f}, largest frequency correction "
+                    f"{s['max_frequency_difference_THz']:.3f} ± {s['frequency_difference_error_THz']:.3f} THz, "
+                    f"{s['n_surrogate_evaluations']} surrogate evaluations (0: exact Gaussian averages)"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -159,7 +171,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--materials", nargs="+", default=list(MATERIALS), choices=list(MATERIALS))
-    parser.add_argument("--methods", nargs="+", default=["direct", "surrogate", "phonopy"])
+    parser.add_argument("--methods", nargs="+", default=["direct", "surrogate", "phonopy"], choices=KNOWN_METHODS)
     parser.add_argument("--temperature", type=float, default=300.0)
     parser.add_argument("--target", type=float, default=0.02, help="frequency stochastic error, THz")
     parser.add_argument("--potential", default=DEFAULT_POTENTIAL)
@@ -199,7 +211,10 @@ def main() -> None:
                 atoms = relaxed(material, args.potential)
                 print(f"{material}: relaxed, a = {np.linalg.norm(atoms.cell[0]):.4f} Å ({len(atoms)} atoms per cell)", flush=True)
             record = run_method(method, atoms, potential, supercell, args)
-            record.update(material=material, supercell=list(supercell), lattice_vectors_A=atoms.cell.array.tolist())
+            record.update(
+                material=material, supercell=list(supercell), lattice_vectors_A=atoms.cell.array.tolist(),
+                command=report["command"],
+            )
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(record, indent=1))
             tmp.replace(path)
@@ -210,6 +225,10 @@ def main() -> None:
                 f"max error {record['max_frequency_error_THz']:.4f} THz",
                 flush=True,
             )
+        for method in KNOWN_METHODS:
+            path = args.out / f"{material}_{method}.json"
+            if method not in records and path.exists():
+                records[method] = json.loads(path.read_text())
         report["materials"][material] = summarize(material, records, args.target)
         (args.out / "report.json").write_text(json.dumps(report, indent=1))
         (args.out / "report.md").write_text(markdown(report))

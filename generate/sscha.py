@@ -610,8 +610,6 @@ def run_sscha(
     error of every frequency is below it. Running out of steps or configurations is reported in
     ``converged``/``status``, with the last state and the whole history.
     """
-    from generate.harmonic import commensurate_qpoints
-
     start = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
     model = supercell_model(atoms, supercell_matrix, settings)
@@ -688,18 +686,36 @@ def run_sscha(
         carried_size = len(ensemble.energies_eV)
 
     final_errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
+    return sscha_result(
+        model, settings, "direct", converged, status, dynamical, centroids, fc_harmonic, final_errors, history,
+        sigma_A=anharmonicity_score(model, ensemble, stats.weights, fc_harmonic),
+        n_potential_evaluations=evaluations,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+def sscha_result(
+    model, settings, backend, converged, status, dynamical, centroids, fc_harmonic, mode_errors_THz, history, **fields
+) -> SSCHAResult:
+    """The result of a run ending at ``dynamical`` and ``centroids``: frequencies with their errors
+    (``mode_errors_THz`` in the order of the sampled modes), harmonic instabilities, commensurate and
+    mesh frequencies; the free energy is the last step's. ``fields``: sigma_A,
+    n_potential_evaluations, wall_time_s."""
+    from generate.harmonic import commensurate_qpoints
+
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
     supercell = model.atoms.copy()
     supercell.positions = centroids
     fc = to_blocks(dynamical * mass_outer)
     modes = gaussian_modes(model, dynamical, settings)
-    frequencies, errors = sorted_frequencies_with_errors(model, dynamical, modes, final_errors)
+    frequencies, errors = sorted_frequencies_with_errors(model, dynamical, modes, mode_errors_THz)
     qpoints = commensurate_qpoints(model.phonon)
     unstable = unstable_modes(model.phonon, fc_harmonic, qpoints)
     commensurate, mesh = phonon_frequencies(model.phonon, fc, qpoints, settings.q_mesh)
     return SSCHAResult(
         temperature_K=settings.temperature_K,
         quantum=settings.quantum,
-        backend="direct",
+        backend=backend,
         converged=converged,
         status=status,
         supercell=supercell,
@@ -707,21 +723,19 @@ def run_sscha(
         harmonic_force_constants_eV_A2=fc_harmonic,
         supercell_frequencies_THz=frequencies,
         supercell_frequency_errors_THz=errors,
-        harmonic_supercell_frequencies_THz=frequencies_THz(harmonic_dynamical),
+        harmonic_supercell_frequencies_THz=frequencies_THz(to_matrix(fc_harmonic) / mass_outer),
         unstable_harmonic_modes=unstable,
         free_energy_eV_atom=history[-1].free_energy_eV_atom,
         free_energy_error_eV_atom=history[-1].free_energy_error_eV_atom,
-        sigma_A=anharmonicity_score(model, ensemble, stats.weights, fc_harmonic),
-        n_potential_evaluations=evaluations,
         history=tuple(history),
         seed=settings.seed,
-        wall_time_s=time.perf_counter() - start,
         commensurate_qpoints=np.asarray(qpoints),
         commensurate_frequencies_THz=commensurate,
         mesh_qpoints=mesh[0],
         mesh_weights=mesh[1],
         mesh_frequencies_THz=mesh[2],
         phonon=model.phonon,
+        **fields,
     )
 
 
@@ -787,7 +801,8 @@ class SurrogateSettings:
     cutoffs_A: tuple[float, float, float] | None = None  # orders 2, 3, 4; None: from cutoff_factors
     cutoff_factors: tuple[float, float, float] = (1.8, 1.8, 1.45)  # × nearest-neighbour distance
     fit_method: str = "ardr"  # trainstation: ardr | lasso | rfe | omp | least-squares | ...
-    n_configurations: int = 2000  # SSCHA ensembles on the surrogate
+    averages: str = "analytic"  # SSCHA on the surrogate: exact Gaussian averages | "ensemble" (sampled)
+    n_configurations: int = 2000  # ensemble averages only: SSCHA ensembles on the surrogate
     max_configurations: int = 64000
     n_verification: int = 200  # fresh ensemble evaluated by the potential at the end
     max_verification: int = 3200  # verification grows up to this to meet frequency_error_target_THz
@@ -856,6 +871,20 @@ def folded_monomials(force_constants, n_atoms: int, copies: int, chunk: int = 20
     return out
 
 
+def gaussian_moments(columns: list[np.ndarray], mean: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+    """E[Π_k u_{columns[k]}] for u ~ N(mean, covariance), elementwise over the rows of the columns.
+
+    Isserlis' recursion with a mean: E[u_a Π_rest] = mean_a E[Π_rest] + Σ_j C_{a,j} E[Π_{rest∖j}].
+    """
+    if not columns:
+        return np.ones(1)
+    first, rest = columns[0], columns[1:]
+    out = mean[first] * gaussian_moments(rest, mean, covariance)
+    for j in range(len(rest)):
+        out = out + covariance[first, rest[j]] * gaussian_moments(rest[:j] + rest[j + 1 :], mean, covariance)
+    return out
+
+
 class ForceConstantExpansion(Calculator):
     """V = E0 + Σ_orders Σ_t c_t Π u: a force-constant expansion on the SSCHA supercell.
 
@@ -920,6 +949,32 @@ class ForceConstantExpansion(Calculator):
                 gradient[start : start + step] += (incidence @ stacked.T).T
         return energies, -gradient.reshape(displacements_A.shape)
 
+    def gaussian_averages(self, mean_A: np.ndarray, covariance_A2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Exact ⟨V⟩, ⟨∂V/∂u⟩ (3N,) and ⟨∂²V/∂u∂u⟩ (3N, 3N) over the Gaussian u ~ N(mean, covariance).
+
+        A polynomial's Gaussian averages are finite sums of moments (Isserlis' theorem with a mean,
+        :func:`gaussian_moments`): the SSCHA on the expansion needs no ensemble and has no
+        stochastic error. Derivatives of Π_k u_{d_k} are sums over positions k (and ordered pairs
+        k ≠ l) of the product of the remaining factors, so repeated dofs come out right.
+        """
+        mean, covariance = mean_A.reshape(-1), covariance_A2
+        n_dofs = mean.size
+        energy = self.energy0_eV + 0.5 * (np.sum(self.matrix * covariance) + mean @ self.matrix @ mean)
+        gradient = self.matrix @ mean
+        hessian = self.matrix.copy()
+        for monomials in self.higher:
+            columns, coefficients, order = list(monomials.dofs.T), monomials.coefficients, monomials.order
+            energy += float(coefficients @ gaussian_moments(columns, mean, covariance))
+            for k in range(order):
+                others = columns[:k] + columns[k + 1 :]
+                gradient += np.bincount(columns[k], coefficients * gaussian_moments(others, mean, covariance), n_dofs)
+                for l in range(k + 1, order):
+                    rest = [c for m, c in enumerate(columns) if m not in (k, l)]
+                    values = coefficients * gaussian_moments(rest, mean, covariance)
+                    pair = np.bincount(columns[k] * n_dofs + columns[l], values, n_dofs**2).reshape(n_dofs, n_dofs)
+                    hessian += pair + pair.T
+        return float(energy), gradient, hessian
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         energies, forces = self.energies_and_forces((self.atoms.positions - self.reference)[None])
@@ -954,37 +1009,161 @@ def surrogate_cutoffs(model: SupercellModel, settings: SurrogateSettings) -> tup
     return cutoffs, tiling
 
 
-def fit_surrogate(atoms, model, fc_harmonic, energy0_eV, displacements_A, forces_eV_A, settings, seed):
-    """Fit 2nd-4th order force constants (hiphive) to what Φ_harm misses in the given forces, and fold
-    Φ_harm plus the fit onto the supercell as one :class:`ForceConstantExpansion`.
+@dataclass(frozen=True)
+class ParameterMonomials:
+    """One order of the folded expansion as a linear function of the cluster space's parameters p:
+    the monomials' coefficients are ``basis @ p``."""
+
+    dofs: np.ndarray  # (T, order) int, sorted rows
+    basis: object = field(repr=False)  # scipy.sparse.csr_matrix (T, n_parameters)
+
+    @property
+    def order(self) -> int:
+        return self.dofs.shape[1]
+
+
+@dataclass(frozen=True)
+class SurrogateBasis:
+    """The cluster space of the surrogate and its parameters' folded monomials on the SSCHA supercell."""
+
+    cluster_space: object = field(repr=False)
+    orders: tuple[ParameterMonomials, ...]
+    cutoffs_A: tuple[float, ...]
+    tiling: int
+
+    @property
+    def n_parameters(self) -> int:
+        return int(self.cluster_space.n_dofs)
+
+
+def surrogate_basis(atoms: Atoms, model: SupercellModel, settings: "SurrogateSettings") -> SurrogateBasis:
+    """Build the hiphive cluster space once and fold every parameter's force constants onto the supercell.
+
+    hiphive needs cutoffs below half the cell it works in, so its force-constant model is built on
+    the supercell tiled (:func:`surrogate_cutoffs`); a cluster's tensor is Σ_i a_i E_i over its
+    orientation family's eigentensors E_i, with amplitudes a = (constraint matrix) p. Folding its
+    atoms onto the supercell as in :func:`folded_monomials` gives monomial coefficients linear in p,
+    so fits and refits need neither hiphive's per-structure fit matrices nor its force constants.
+    """
+    from collections import Counter
+    from math import factorial, prod
+
+    from hiphive import ClusterSpace
+    from hiphive.force_constant_model import ForceConstantModel
+    from scipy.sparse import coo_matrix
+
+    cutoffs, tiling = surrogate_cutoffs(model, settings)
+    tiled = model.atoms.repeat(tiling)  # copies in order: tiled atom k is atom k mod N
+    n_atoms = model.n_atoms
+    with quiet_hiphive():
+        cluster_space = ClusterSpace(atoms, cutoffs)
+        fcm = ForceConstantModel(tiled, cluster_space)
+    n_parameters, n_dofs = cluster_space.n_dofs, 3 * n_atoms
+    amplitudes = np.asarray(cluster_space._map_parameters(np.eye(n_parameters)))  # (n_eigentensors, P)
+    triplets = {}  # order -> lists of (monomial keys, parameter columns, values)
+    start = 0
+    for orbit in fcm.orbits:
+        n_eigen = len(orbit.eigentensors)
+        if n_eigen == 0:
+            continue  # no free parameters (hiphive leaves such orbits at zero)
+        order = orbit.order
+        alphas = np.array(np.unravel_index(np.arange(3**order), (3,) * order)).T  # (3^n, n)
+        orbit_amplitudes = amplitudes[start : start + n_eigen]
+        start += n_eigen
+        used = np.nonzero(np.any(orbit_amplitudes != 0, axis=0))[0]
+        if used.size == 0:
+            continue
+        for family in orbit.orientation_families:
+            clusters = np.array([fcm.cluster_list[i] for i in family.cluster_indices])  # (n_c, order)
+            # The family holds each cluster's images under the supercell's translations (one per
+            # copy), all folding to the same monomials: keep the one whose first atom is in the first
+            # copy, which is the energy per copy.
+            clusters = clusters[clusters[:, 0] < n_atoms]
+            weights = np.array([1.0 / prod(factorial(m) for m in Counter(c).values()) for c in clusters])
+            local = np.array(family.eigentensors).reshape(n_eigen, -1).T @ orbit_amplitudes[:, used]  # (3^n, used)
+            components = np.nonzero(np.any(local != 0, axis=1))[0]  # tensor components that can be nonzero
+            dofs = np.sort(3 * (clusters[:, None, :] % n_atoms) + alphas[None, components], axis=2)  # (n_c, n_a, n)
+            keys = dofs @ n_dofs ** np.arange(order)  # one integer per monomial
+            values = weights[:, None, None] * local[None, components]  # (n_c, n_a, used)
+            nonzero = values != 0
+            c, a, j = np.nonzero(nonzero)
+            rows, cols, data = triplets.setdefault(order, ([], [], []))
+            rows.append(keys[c, a])
+            cols.append(used[j])
+            data.append(values[nonzero])
+    orders = []
+    for order in sorted(triplets):
+        keys, cols, data = (np.concatenate(x) for x in triplets[order])
+        unique, inverse = np.unique(keys, return_inverse=True)
+        dofs = (unique[:, None] // n_dofs ** np.arange(order)) % n_dofs
+        basis = coo_matrix((data, (inverse.reshape(-1), cols)), shape=(len(unique), n_parameters)).tocsr()
+        basis.sum_duplicates()
+        orders.append(ParameterMonomials(dofs=np.ascontiguousarray(dofs), basis=basis))
+    return SurrogateBasis(cluster_space=cluster_space, orders=tuple(orders), cutoffs_A=tuple(cutoffs), tiling=tiling)
+
+
+def monomial_partials(u: np.ndarray, dofs: np.ndarray) -> list[np.ndarray]:
+    """∂/∂(factor k) of each monomial Π_k u[:, dofs[:, k]]: the product of the other factors, (B, T) each."""
+    columns = [u[:, dofs[:, k]] for k in range(dofs.shape[1])]
+    partials = []
+    for k in range(len(columns)):
+        product = np.ones_like(columns[0])
+        for m, column in enumerate(columns):
+            if m != k:
+                product = product * column
+        partials.append(product)
+    return partials
+
+
+def surrogate_fit_matrix(basis: SurrogateBasis, displacements_A: np.ndarray, block_elements: int = 2**22) -> np.ndarray:
+    """(3N·B, P): the forces of displacements (B, N, 3) are this matrix times the parameters.
+
+    Forces are -∂V/∂u; a monomial's derivative scatters its partials onto its dofs (a sparse
+    (3N·b, T) matrix per order and block of configurations), and the monomials' coefficients are
+    the basis times the parameters.
+    """
+    from scipy.sparse import csr_matrix
+
+    n, n_dofs = len(displacements_A), displacements_A[0].size
+    u = displacements_A.reshape(n, -1)
+    out = np.zeros((n * n_dofs, basis.n_parameters))
+    for monomials in basis.orders:
+        n_terms, order = monomials.dofs.shape
+        step = max(1, block_elements // max(1, n_terms * order))
+        for begin in range(0, n, step):
+            block = u[begin : begin + step]
+            b = len(block)
+            partials = monomial_partials(block, monomials.dofs)
+            rows = (np.arange(b)[:, None, None] * n_dofs + monomials.dofs.T[None, :, :]).reshape(-1)  # (b, order, T)
+            cols = np.broadcast_to(np.arange(n_terms), (b, order, n_terms)).reshape(-1)
+            scatter = csr_matrix((np.stack(partials, axis=1).reshape(-1), (rows, cols)), shape=(b * n_dofs, n_terms))
+            out[begin * n_dofs : (begin + b) * n_dofs] -= (scatter @ monomials.basis).toarray()
+    return out
+
+
+def fit_surrogate(basis: SurrogateBasis, model, fc_harmonic, energy0_eV, displacements_A, forces_eV_A, settings, seed):
+    """Fit the cluster space's parameters to what Φ_harm misses in the given forces (trainstation,
+    ``settings.fit_method``) and return Φ_harm plus the fit as one :class:`ForceConstantExpansion`.
 
     The finite-displacement Φ_harm already holds every pair the supercell can see; the fit adds the
-    anharmonic terms and a 2nd-order correction within the cutoffs. hiphive needs cutoffs below half
-    the cell it works in, so the supercell is tiled for the fit (its copies displaced alike, as the
-    potential sees them) and the force constants are folded back (:func:`folded_monomials`).
+    anharmonic terms and a 2nd-order correction within the cutoffs. Each configuration gives 3N
+    force rows on the supercell itself (the tiled copies would only repeat them).
     """
-    from hiphive import ClusterSpace, ForceConstantPotential, StructureContainer
     from trainstation import Optimizer
 
     matrix = to_matrix(fc_harmonic)
-    cutoffs, tiling = surrogate_cutoffs(model, settings)
-    tiled = model.atoms.repeat(tiling)  # copies in order: tiled atom k is atom k mod N
-    copies = tiling**3
+    n = len(displacements_A)
+    residual = forces_eV_A.reshape(n, -1) + displacements_A.reshape(n, -1) @ matrix.T
+    fit_matrix = surrogate_fit_matrix(basis, displacements_A)
+    optimizer = Optimizer((fit_matrix, residual.reshape(-1)), fit_method=settings.fit_method, train_size=0.9, seed=seed)
     with quiet_hiphive():
-        cluster_space = ClusterSpace(atoms, cutoffs)
-        container = StructureContainer(cluster_space)
-        for u, forces in zip(displacements_A, forces_eV_A, strict=True):
-            residual = forces + (matrix @ u.reshape(-1)).reshape(-1, 3)
-            structure = tiled.copy()
-            structure.new_array("displacements", np.tile(u, (copies, 1)))
-            structure.new_array("forces", np.tile(residual, (copies, 1)))
-            container.add_structure(structure)
-        optimizer = Optimizer(container.get_fit_data(), fit_method=settings.fit_method, train_size=0.9, seed=seed)
         optimizer.train()
-        fcp = ForceConstantPotential(cluster_space, optimizer.parameters)
-        tiled_force_constants = fcp.get_force_constants(tiled)
-    fitted = {m.order: m for m in folded_monomials(tiled_force_constants, model.n_atoms, copies)}
     harmonic = harmonic_monomials(matrix)
+    fitted = {}
+    for monomials in basis.orders:
+        coefficients = monomials.basis @ optimizer.parameters
+        keep = np.abs(coefficients) > 1e-14
+        fitted[monomials.order] = Monomials(dofs=monomials.dofs[keep], coefficients=coefficients[keep])
     if 2 in fitted:
         harmonic = merge_monomials(
             np.concatenate([harmonic.dofs, fitted[2].dofs]),
@@ -1061,6 +1240,78 @@ def signed_mode_frequencies_THz(model: SupercellModel, dynamical: np.ndarray) ->
     return np.sign(values) * np.sqrt(np.abs(values)) * THZ_PER_OMEGA
 
 
+def run_scha_on_expansion(
+    atoms: Atoms,
+    expansion: ForceConstantExpansion,
+    supercell_matrix,
+    settings: SSCHASettings,
+    *,
+    harmonic: tuple[np.ndarray, int],
+    initial_force_constants: np.ndarray | None = None,
+    tolerance: float = 1e-9,
+) -> SSCHAResult:
+    """The SSCHA on a force-constant expansion with exact Gaussian averages instead of ensembles.
+
+    Same start, update (:func:`preconditioned_step`, symmetrization, stabilization, centroid
+    relaxation) and result as :func:`run_sscha`, but ⟨∂²V⟩, ⟨∂V⟩ and ⟨V⟩ come from
+    :meth:`ForceConstantExpansion.gaussian_averages`: the infinite-ensemble limit, without
+    stochastic error. Converged when the gradient is below ``tolerance`` × |D| and the symmetrized
+    mean force below 1e-6 eV/Å with no mode held up by the stabilization floor.
+    """
+    start = time.perf_counter()
+    model = supercell_model(atoms, supercell_matrix, settings)
+    fc_harmonic, evaluations = harmonic
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    harmonic_dynamical = to_matrix(fc_harmonic) / mass_outer
+    start_fc = fc_harmonic if initial_force_constants is None else initial_force_constants
+    dynamical = symmetrize_mass_weighted_fc(model, to_matrix(start_fc) / mass_outer)
+    dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
+    centroids = model.atoms.positions.copy()
+    history, converged, status = [], False, f"not converged in {settings.max_steps} steps"
+    for step in range(settings.max_steps):
+        modes = gaussian_modes(model, dynamical, settings)
+        covariance = (modes.vectors * modes.variance) @ modes.vectors.T / mass_outer
+        energy, gradient_u, hessian = expansion.gaussian_averages(centroids - expansion.reference, covariance)
+        gradient = symmetrize_mass_weighted(model, dynamical - hessian / mass_outer)
+        mean_force = symmetrize_vector(model, -gradient_u.reshape(-1, 3))
+        potential_harmonic = 0.5 * np.sum(modes.omega**2 * modes.variance)  # ⟨½ vᵀ D v⟩
+        free_energy = harmonic_free_energy_eV(modes, settings.temperature_K, settings.quantum) + energy - potential_harmonic
+        gradient_norm = float(np.linalg.norm(gradient))
+        history.append(
+            SSCHAStep(
+                step=step,
+                n_configurations=0,
+                new_ensemble=False,
+                effective_sample_fraction=1.0,
+                free_energy_eV_atom=free_energy / model.n_atoms,
+                free_energy_error_eV_atom=0.0,
+                gradient_norm=gradient_norm,
+                gradient_error=0.0,
+                max_frequency_error_THz=0.0,
+                min_frequency_THz=float(frequencies_THz(dynamical)[0]),
+                max_centroid_force_eV_A=float(np.abs(mean_force).max()),
+                n_stabilized_modes=n_stabilized,
+                n_potential_evaluations=evaluations,
+            )
+        )
+        force_settled = not settings.relax_centroids or np.abs(mean_force).max() <= 1e-6
+        if gradient_norm <= tolerance * np.linalg.norm(dynamical) and force_settled and n_stabilized == 0:
+            converged, status = True, "converged"
+            break
+        step_matrix = preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings)
+        dynamical = symmetrize_mass_weighted_fc(model, dynamical - settings.mixing * step_matrix)
+        dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
+        if settings.relax_centroids:
+            centroids = centroids + centroid_step(model, dynamical, mean_force, settings)
+    n_modes = model.basis.shape[1]
+    return sscha_result(
+        model, settings, "surrogate", converged, status, dynamical, centroids, fc_harmonic, np.zeros(n_modes), history,
+        sigma_A=float("nan"),  # needs forces of an ensemble; run_sscha_surrogate takes it from the verification
+        n_potential_evaluations=evaluations,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
 def run_sscha_surrogate(
     atoms: Atoms,
     potential,
@@ -1072,8 +1323,10 @@ def run_sscha_surrogate(
 
     1. Φ_harm by finite displacements, E0, and ``n_training_structures`` configurations of the
        stabilized harmonic Gaussian, all from the potential; fit the surrogate (:func:`fit_surrogate`).
-    2. :func:`run_sscha` on the surrogate with ``surrogate.n_configurations`` per ensemble, to half
-       of ``frequency_error_target_THz``.
+    2. The SSCHA on the surrogate: with ``surrogate.averages == "analytic"`` (default) by
+       :func:`run_scha_on_expansion`, exactly, so that the verification alone carries stochastic
+       error; with ``"ensemble"`` by :func:`run_sscha` with ``surrogate.n_configurations`` per
+       ensemble, to half of ``frequency_error_target_THz``.
     3. :func:`verify_surrogate` on a fresh ensemble of the result. If the frequencies move by more
        than ``refit_threshold_THz``, the verification configurations join the training set and 1-3
        repeat (at most ``max_refits`` times), starting from the last result.
@@ -1084,9 +1337,13 @@ def run_sscha_surrogate(
     """
     from generate.harmonic import commensurate_qpoints
 
+    if surrogate.averages not in ("analytic", "ensemble"):
+        raise ValueError(f"surrogate.averages must be 'analytic' or 'ensemble', not {surrogate.averages!r}")
+    analytic = surrogate.averages == "analytic"
     start = time.perf_counter()
     rng = np.random.default_rng([settings.seed, 1])  # a stream apart from the SSCHA's own
     model = supercell_model(atoms, supercell_matrix, settings)
+    basis = surrogate_basis(atoms, model, surrogate)
     fc_harmonic, evaluations = harmonic_force_constants(model, potential, settings)
     energy0 = float(evaluate(potential, [model.atoms], settings.max_atoms_per_chunk)[0][0])
     evaluations += 1
@@ -1108,14 +1365,19 @@ def run_sscha_surrogate(
     )
     initial, n_surrogate_evaluations = None, 0
     for fit in range(surrogate.max_refits + 1):
-        expansion, optimizer = fit_surrogate(atoms, model, fc_harmonic, energy0, displacements, forces, surrogate, settings.seed)
-        result = run_sscha(atoms, expansion, supercell_matrix, cheap, harmonic=(fc_harmonic, 0), initial_force_constants=initial)
+        expansion, optimizer = fit_surrogate(basis, model, fc_harmonic, energy0, displacements, forces, surrogate, settings.seed)
+        if analytic:
+            result = run_scha_on_expansion(
+                atoms, expansion, supercell_matrix, settings, harmonic=(fc_harmonic, 0), initial_force_constants=initial
+            )
+        else:
+            result = run_sscha(atoms, expansion, supercell_matrix, cheap, harmonic=(fc_harmonic, 0), initial_force_constants=initial)
         n_surrogate_evaluations += result.n_potential_evaluations
         dynamical = to_matrix(result.force_constants_eV_A2) / mass_outer
         centroids = result.supercell.positions
         check = verify_surrogate(
             model, potential, expansion, dynamical, centroids, harmonic_dynamical, settings, surrogate, rng,
-            None if target is None else target * np.sqrt(3) / 2,
+            None if target is None else target if analytic else target * np.sqrt(3) / 2,
         )
         evaluations += len(check.ensemble.energies_eV)
         surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)

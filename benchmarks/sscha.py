@@ -97,6 +97,8 @@ def summarize(material: str, records: dict, target: float) -> dict:
             "n_potential_evaluations": r["n_potential_evaluations"],
             "max_frequency_error_THz": r["max_frequency_error_THz"],
             "reached_target": r["max_frequency_error_THz"] <= target,
+            "torch_threads": r.get("torch_threads"),  # None: not recorded (torch's default)
+            "command": r.get("command"),
         }
         if method != "phonopy" and r.get("unstable_harmonic_modes") is not None:
             row["n_unstable_harmonic_modes"] = len(r["unstable_harmonic_modes"])
@@ -130,17 +132,18 @@ def markdown(report: dict) -> str:
         "```",
         "",
         f"Potential {report['potential']['name'] if isinstance(report['potential'], dict) and 'name' in report['potential'] else report['potential']}, "
-        f"CPU only ({report['cpu_count']} cores shared with other jobs: wall time includes waiting, CPU time does not). "
+        f"CPU only ({report['cpu_count']} cores shared with other jobs: wall time includes waiting, CPU time does not; "
+        f"torch threads: {report.get('torch_threads', 'default')}). "
         f"phonopy loop: {report['snapshots']} snapshots per iteration, {report['transient']} transient iterations.",
         "",
-        "| material | method | reached | wall s | CPU s | evaluations | max σν THz | phonopy/this wall | phonopy/this CPU | phonopy/this evals | max abs(z) vs phonopy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| material | method | torch threads | reached | wall s | CPU s | evaluations | max σν THz | phonopy/this wall | phonopy/this CPU | phonopy/this evals | max abs(z) vs phonopy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for material, rows in report["materials"].items():
         for method, row in rows.items():
             agreement = row.get("agreement_with_phonopy", {})
             lines.append(
-                f"| {material} | {method} | {row['reached_target']} | {row['wall_time_s']:.0f} | {row['cpu_time_s']:.0f} | "
+                f"| {material} | {method} | {row.get('torch_threads') or 'default'} | {row['reached_target']} | {row['wall_time_s']:.0f} | {row['cpu_time_s']:.0f} | "
                 f"{row['n_potential_evaluations']} | {row['max_frequency_error_THz']:.4f} | "
                 f"{row.get('phonopy_wall_over_this', float('nan')):.2f} | {row.get('phonopy_cpu_over_this', float('nan')):.2f} | "
                 f"{row.get('phonopy_evaluations_over_this', float('nan')):.2f} | {agreement.get('max_abs_z', float('nan')):.2f} |"
@@ -179,11 +182,19 @@ def main() -> None:
     parser.add_argument("--transient", type=int, default=2, help="phonopy loop: iterations left out of the mean")
     parser.add_argument("--max-iterations", type=int, default=30, help="phonopy loop")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="torch intra-op threads (0: torch's default); 1 keeps CPU time free of spin-waiting on a busy machine",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     import os
 
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     potential = load_potential(args.potential)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -194,6 +205,7 @@ def main() -> None:
         "transient": args.transient,
         "potential": describe(potential),
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "versions": versions(),
         "materials": {},
     }
@@ -213,7 +225,7 @@ def main() -> None:
             record = run_method(method, atoms, potential, supercell, args)
             record.update(
                 material=material, supercell=list(supercell), lattice_vectors_A=atoms.cell.array.tolist(),
-                command=report["command"],
+                command=report["command"], torch_threads=torch.get_num_threads(),
             )
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(record, indent=1))

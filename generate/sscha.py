@@ -1115,30 +1115,25 @@ def monomial_partials(u: np.ndarray, dofs: np.ndarray) -> list[np.ndarray]:
     return partials
 
 
-def surrogate_fit_matrix(basis: SurrogateBasis, displacements_A: np.ndarray, block_elements: int = 2**22) -> np.ndarray:
+def surrogate_fit_matrix(basis: SurrogateBasis, displacements_A: np.ndarray) -> np.ndarray:
     """(3N·B, P): the forces of displacements (B, N, 3) are this matrix times the parameters.
 
-    Forces are -∂V/∂u; a monomial's derivative scatters its partials onto its dofs (a sparse
-    (3N·b, T) matrix per order and block of configurations), and the monomials' coefficients are
-    the basis times the parameters.
+    Forces are -∂V/∂u. Each nonzero b of the basis (monomial t, parameter p) adds, for every factor
+    k of t, -b × (the product of t's other factors) to the row of t's k-th dof in column p: one
+    weighted histogram per factor and configuration.
     """
-    from scipy.sparse import csr_matrix
-
     n, n_dofs = len(displacements_A), displacements_A[0].size
+    n_parameters = basis.n_parameters
     u = displacements_A.reshape(n, -1)
-    out = np.zeros((n * n_dofs, basis.n_parameters))
+    out = np.zeros((n, n_dofs * n_parameters))
     for monomials in basis.orders:
-        n_terms, order = monomials.dofs.shape
-        step = max(1, block_elements // max(1, n_terms * order))
-        for begin in range(0, n, step):
-            block = u[begin : begin + step]
-            b = len(block)
-            partials = monomial_partials(block, monomials.dofs)
-            rows = (np.arange(b)[:, None, None] * n_dofs + monomials.dofs.T[None, :, :]).reshape(-1)  # (b, order, T)
-            cols = np.broadcast_to(np.arange(n_terms), (b, order, n_terms)).reshape(-1)
-            scatter = csr_matrix((np.stack(partials, axis=1).reshape(-1), (rows, cols)), shape=(b * n_dofs, n_terms))
-            out[begin * n_dofs : (begin + b) * n_dofs] -= (scatter @ monomials.basis).toarray()
-    return out
+        entries = monomials.basis.tocoo()
+        targets = [monomials.dofs[entries.row, k] * n_parameters + entries.col for k in range(monomials.order)]
+        for s in range(n):
+            partials = monomial_partials(u[s : s + 1], monomials.dofs)
+            for k, target in enumerate(targets):
+                out[s] -= np.bincount(target, partials[k][0, entries.row] * entries.data, minlength=out.shape[1])
+    return out.reshape(n * n_dofs, n_parameters)
 
 
 def fit_surrogate(basis: SurrogateBasis, model, fc_harmonic, energy0_eV, displacements_A, forces_eV_A, settings, seed):

@@ -1136,20 +1136,23 @@ def surrogate_fit_matrix(basis: SurrogateBasis, displacements_A: np.ndarray) -> 
     return out.reshape(n * n_dofs, n_parameters)
 
 
-def fit_surrogate(basis: SurrogateBasis, model, fc_harmonic, energy0_eV, displacements_A, forces_eV_A, settings, seed):
+def fit_surrogate(
+    basis: SurrogateBasis, model, fc_harmonic, energy0_eV, displacements_A, forces_eV_A, settings, seed, fit_matrix=None
+):
     """Fit the cluster space's parameters to what Φ_harm misses in the given forces (trainstation,
     ``settings.fit_method``) and return Φ_harm plus the fit as one :class:`ForceConstantExpansion`.
 
     The finite-displacement Φ_harm already holds every pair the supercell can see; the fit adds the
     anharmonic terms and a 2nd-order correction within the cutoffs. Each configuration gives 3N
-    force rows on the supercell itself (the tiled copies would only repeat them).
+    force rows on the supercell itself (the tiled copies would only repeat them). ``fit_matrix``:
+    :func:`surrogate_fit_matrix` of the displacements, when already at hand.
     """
     from trainstation import Optimizer
 
     matrix = to_matrix(fc_harmonic)
     n = len(displacements_A)
     residual = forces_eV_A.reshape(n, -1) + displacements_A.reshape(n, -1) @ matrix.T
-    fit_matrix = surrogate_fit_matrix(basis, displacements_A)
+    fit_matrix = surrogate_fit_matrix(basis, displacements_A) if fit_matrix is None else fit_matrix
     optimizer = Optimizer((fit_matrix, residual.reshape(-1)), fit_method=settings.fit_method, train_size=0.9, seed=seed)
     with quiet_hiphive():
         optimizer.train()
@@ -1181,15 +1184,21 @@ class Verification:
     free_energy_difference_error_eV: float
 
 
-def verify_surrogate(model, potential, expansion, dynamical, centroids_A, harmonic_dynamical, settings, surrogate, rng, target_THz):
+def verify_surrogate(
+    model, potential, expansion, dynamical, centroids_A, harmonic_dynamical, settings, surrogate, rng, target_THz,
+    refit_threshold_THz=None,
+):
     """Evaluate a fresh ensemble of ``dynamical`` with both and move D by the difference of the gradients.
 
     Potential and surrogate see the same displacements, so their gradients share the sampling noise
     and the difference ⟨∂²V_surrogate⟩ - ⟨∂²V⟩ has only the noise of the force difference: the
     surrogate acts as a control variate for the potential. The ensemble grows (doubling, up to
-    ``surrogate.max_verification``) until the difference's frequency error is below ``target_THz``.
+    ``surrogate.max_verification``) until the difference's frequency error is below ``target_THz``,
+    unless a frequency already moves by more than ``refit_threshold_THz`` beyond 3 standard errors:
+    then the surrogate will be refitted anyway and more precision here would be wasted.
     """
     modes = gaussian_modes(model, dynamical, settings)
+    surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
     ensemble, n_new = None, surrogate.n_verification
     while True:
         fresh = new_ensemble(model, potential, centroids_A, modes, n_new, rng, settings)
@@ -1200,19 +1209,23 @@ def verify_surrogate(model, potential, expansion, dynamical, centroids_A, harmon
         stats_surrogate = ensemble_statistics(model, surrogate_ensemble, dynamical, centroids_A, settings)
         batch_differences = stats_real.batch_gradients - stats_surrogate.batch_gradients
         errors = mode_frequency_errors_THz(modes, batch_differences, stats_real.batch_weights)
+        difference = stats_real.gradient - stats_surrogate.gradient
+        step = preconditioned_step(model, dynamical, harmonic_dynamical, difference, settings)
+        corrected = symmetrize_mass_weighted_fc(model, dynamical - step)
+        shift = np.abs(signed_mode_frequencies_THz(model, corrected) - surrogate_frequencies)
         size = len(ensemble.energies_eV)
         if target_THz is None or errors.max() <= target_THz or size >= surrogate.max_verification:
             break
+        if refit_threshold_THz is not None and (shift - 3 * errors).max() > refit_threshold_THz:
+            break
         needed = int(np.ceil(1.1 * size * (errors.max() / target_THz) ** 2 / 2)) * 2
         n_new = min(needed, surrogate.max_verification) - size
-    difference = stats_real.gradient - stats_surrogate.gradient
-    step = preconditioned_step(model, dynamical, harmonic_dynamical, difference, settings)
     pair_means = (ensemble.energies_eV - energies_s).reshape(-1, 2).mean(axis=1)
     return Verification(
         ensemble=ensemble,
         surrogate_energies_eV=energies_s,
         surrogate_forces_eV_A=forces_s,
-        corrected_dynamical=symmetrize_mass_weighted_fc(model, dynamical - step),
+        corrected_dynamical=corrected,
         difference_errors_THz=errors,
         free_energy_difference_eV=float(pair_means.mean()),
         free_energy_difference_error_eV=float(pair_means.std(ddof=1) / np.sqrt(len(pair_means))),
@@ -1359,8 +1372,11 @@ def run_sscha_surrogate(
         frequency_error_target_THz=None if target is None else target / 2,
     )
     initial, n_surrogate_evaluations = None, 0
+    fit_matrix = surrogate_fit_matrix(basis, displacements)
     for fit in range(surrogate.max_refits + 1):
-        expansion, optimizer = fit_surrogate(basis, model, fc_harmonic, energy0, displacements, forces, surrogate, settings.seed)
+        expansion, optimizer = fit_surrogate(
+            basis, model, fc_harmonic, energy0, displacements, forces, surrogate, settings.seed, fit_matrix=fit_matrix
+        )
         if analytic:
             result = run_scha_on_expansion(
                 atoms, expansion, supercell_matrix, settings, harmonic=(fc_harmonic, 0), initial_force_constants=initial
@@ -1373,14 +1389,17 @@ def run_sscha_surrogate(
         check = verify_surrogate(
             model, potential, expansion, dynamical, centroids, harmonic_dynamical, settings, surrogate, rng,
             None if target is None else target if analytic else target * np.sqrt(3) / 2,
+            refit_threshold_THz=surrogate.refit_threshold_THz if fit < surrogate.max_refits else None,
         )
         evaluations += len(check.ensemble.energies_eV)
         surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
         shift = signed_mode_frequencies_THz(model, check.corrected_dynamical) - surrogate_frequencies
         if np.abs(shift).max() <= surrogate.refit_threshold_THz or fit == surrogate.max_refits:
             break
-        displacements = np.concatenate([displacements, check.ensemble.centroids_A + check.ensemble.displacements_A - model.atoms.positions])
+        added = check.ensemble.centroids_A + check.ensemble.displacements_A - model.atoms.positions
+        displacements = np.concatenate([displacements, added])
         forces = np.concatenate([forces, check.ensemble.forces_eV_A])
+        fit_matrix = np.concatenate([fit_matrix, surrogate_fit_matrix(basis, added)])
         initial = result.force_constants_eV_A2
 
     real = check.ensemble

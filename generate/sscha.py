@@ -591,6 +591,16 @@ def unstable_modes(phonon, force_constants: np.ndarray, qpoints: np.ndarray) -> 
 # The SSCHA loop
 
 
+def starting_dynamical_matrices(model, fc_harmonic, initial_force_constants, settings):
+    """Mass weights, the harmonic dynamical matrix and the symmetrized, stabilized start of an SSCHA run."""
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    harmonic_dynamical = to_matrix(fc_harmonic) / mass_outer
+    start_fc = fc_harmonic if initial_force_constants is None else initial_force_constants
+    dynamical = symmetrize_mass_weighted_fc(model, to_matrix(start_fc) / mass_outer)
+    dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
+    return mass_outer, harmonic_dynamical, dynamical, n_stabilized
+
+
 def run_sscha(
     atoms: Atoms,
     potential,
@@ -614,11 +624,7 @@ def run_sscha(
     rng = np.random.default_rng(settings.seed)
     model = supercell_model(atoms, supercell_matrix, settings)
     fc_harmonic, evaluations = harmonic if harmonic is not None else harmonic_force_constants(model, potential, settings)
-    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
-    harmonic_dynamical = to_matrix(fc_harmonic) / mass_outer
-    start_fc = fc_harmonic if initial_force_constants is None else initial_force_constants
-    dynamical = symmetrize_mass_weighted_fc(model, to_matrix(start_fc) / mass_outer)
-    dynamical, _ = stabilize(model, dynamical, settings.min_frequency_THz)
+    mass_outer, harmonic_dynamical, dynamical, _ = starting_dynamical_matrices(model, fc_harmonic, initial_force_constants, settings)
     centroids = model.atoms.positions.copy()
 
     n_configurations = settings.n_configurations
@@ -1269,11 +1275,9 @@ def run_scha_on_expansion(
     start = time.perf_counter()
     model = supercell_model(atoms, supercell_matrix, settings)
     fc_harmonic, evaluations = harmonic
-    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
-    harmonic_dynamical = to_matrix(fc_harmonic) / mass_outer
-    start_fc = fc_harmonic if initial_force_constants is None else initial_force_constants
-    dynamical = symmetrize_mass_weighted_fc(model, to_matrix(start_fc) / mass_outer)
-    dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
+    mass_outer, harmonic_dynamical, dynamical, n_stabilized = starting_dynamical_matrices(
+        model, fc_harmonic, initial_force_constants, settings
+    )
     centroids = model.atoms.positions.copy()
     history, converged, status = [], False, f"not converged in {settings.max_steps} steps"
     for step in range(settings.max_steps):

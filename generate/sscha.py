@@ -1017,11 +1017,11 @@ def surrogate_cutoffs(model: SupercellModel, settings: SurrogateSettings) -> tup
 
 @dataclass(frozen=True)
 class ParameterMonomials:
-    """One order of the folded expansion as a linear function of the cluster space's parameters p:
-    the monomials' coefficients are ``basis @ p``."""
+    """One order of the folded expansion as a linear function of the cluster space's eigentensor
+    amplitudes a: the monomials' coefficients are ``basis @ a``."""
 
     dofs: np.ndarray  # (T, order) int, sorted rows
-    basis: object = field(repr=False)  # scipy.sparse.csr_matrix (T, n_parameters)
+    basis: object = field(repr=False)  # scipy.sparse.csr_matrix (T, n_eigentensors)
 
     @property
     def order(self) -> int:
@@ -1030,10 +1030,16 @@ class ParameterMonomials:
 
 @dataclass(frozen=True)
 class SurrogateBasis:
-    """The cluster space of the surrogate and its parameters' folded monomials on the SSCHA supercell."""
+    """The cluster space of the surrogate and its eigentensors' folded monomials on the SSCHA supercell.
+
+    Amplitudes are ``amplitudes @ p`` for parameters p (hiphive's constraint map, which imposes the
+    acoustic sum rule). Keeping the map apart from the folded monomials keeps the monomial basis as
+    sparse as the orbits are (a few eigentensors per monomial instead of most parameters).
+    """
 
     cluster_space: object = field(repr=False)
     orders: tuple[ParameterMonomials, ...]
+    amplitudes: np.ndarray = field(repr=False)  # (n_eigentensors, n_parameters)
     cutoffs_A: tuple[float, ...]
     tiling: int
 
@@ -1041,15 +1047,20 @@ class SurrogateBasis:
     def n_parameters(self) -> int:
         return int(self.cluster_space.n_dofs)
 
+    def monomials(self, parameters: np.ndarray) -> list[Monomials]:
+        """The expansion of ``parameters`` on the supercell, one :class:`Monomials` per order."""
+        amplitudes = self.amplitudes @ parameters
+        return [Monomials(dofs=m.dofs, coefficients=m.basis @ amplitudes) for m in self.orders]
+
 
 def surrogate_basis(atoms: Atoms, model: SupercellModel, settings: "SurrogateSettings") -> SurrogateBasis:
-    """Build the hiphive cluster space once and fold every parameter's force constants onto the supercell.
+    """Build the hiphive cluster space once and fold every eigentensor onto the supercell.
 
     hiphive needs cutoffs below half the cell it works in, so its force-constant model is built on
     the supercell tiled (:func:`surrogate_cutoffs`); a cluster's tensor is Σ_i a_i E_i over its
-    orientation family's eigentensors E_i, with amplitudes a = (constraint matrix) p. Folding its
-    atoms onto the supercell as in :func:`folded_monomials` gives monomial coefficients linear in p,
-    so fits and refits need neither hiphive's per-structure fit matrices nor its force constants.
+    orientation family's eigentensors E_i. Folding its atoms onto the supercell as in
+    :func:`folded_monomials` gives monomial coefficients linear in the amplitudes a, so fits and
+    refits need neither hiphive's per-structure fit matrices nor its force constants.
     """
     from collections import Counter
     from math import factorial, prod
@@ -1064,21 +1075,21 @@ def surrogate_basis(atoms: Atoms, model: SupercellModel, settings: "SurrogateSet
     with quiet_hiphive():
         cluster_space = ClusterSpace(atoms, cutoffs)
         fcm = ForceConstantModel(tiled, cluster_space)
-    n_parameters, n_dofs = cluster_space.n_dofs, 3 * n_atoms
-    amplitudes = np.asarray(cluster_space._map_parameters(np.eye(n_parameters)))  # (n_eigentensors, P)
-    triplets = {}  # order -> lists of (monomial keys, parameter columns, values)
+    n_dofs = 3 * n_atoms
+    amplitudes = np.asarray(cluster_space._map_parameters(np.eye(cluster_space.n_dofs)))  # (n_eigentensors, P)
+    n_eigentensors = amplitudes.shape[0]
+    triplets = {}  # order -> lists of (monomial keys, eigentensor columns, values)
     start = 0
     for orbit in fcm.orbits:
         n_eigen = len(orbit.eigentensors)
         if n_eigen == 0:
             continue  # no free parameters (hiphive leaves such orbits at zero)
         order = orbit.order
-        alphas = np.array(np.unravel_index(np.arange(3**order), (3,) * order)).T  # (3^n, n)
-        orbit_amplitudes = amplitudes[start : start + n_eigen]
+        columns = start + np.arange(n_eigen)
         start += n_eigen
-        used = np.nonzero(np.any(orbit_amplitudes != 0, axis=0))[0]
-        if used.size == 0:
-            continue
+        if not np.any(amplitudes[columns]):
+            continue  # the constraints pin this orbit to zero
+        alphas = np.array(np.unravel_index(np.arange(3**order), (3,) * order)).T  # (3^n, n)
         for family in orbit.orientation_families:
             clusters = np.array([fcm.cluster_list[i] for i in family.cluster_indices])  # (n_c, order)
             # The family holds each cluster's images under the supercell's translations (one per
@@ -1086,26 +1097,28 @@ def surrogate_basis(atoms: Atoms, model: SupercellModel, settings: "SurrogateSet
             # copy, which is the energy per copy.
             clusters = clusters[clusters[:, 0] < n_atoms]
             weights = np.array([1.0 / prod(factorial(m) for m in Counter(c).values()) for c in clusters])
-            local = np.array(family.eigentensors).reshape(n_eigen, -1).T @ orbit_amplitudes[:, used]  # (3^n, used)
+            local = np.array(family.eigentensors).reshape(n_eigen, -1).T  # (3^n, n_eigen)
             components = np.nonzero(np.any(local != 0, axis=1))[0]  # tensor components that can be nonzero
             dofs = np.sort(3 * (clusters[:, None, :] % n_atoms) + alphas[None, components], axis=2)  # (n_c, n_a, n)
             keys = dofs @ n_dofs ** np.arange(order)  # one integer per monomial
-            values = weights[:, None, None] * local[None, components]  # (n_c, n_a, used)
+            values = weights[:, None, None] * local[None, components]  # (n_c, n_a, n_eigen)
             nonzero = values != 0
             c, a, j = np.nonzero(nonzero)
             rows, cols, data = triplets.setdefault(order, ([], [], []))
             rows.append(keys[c, a])
-            cols.append(used[j])
+            cols.append(columns[j])
             data.append(values[nonzero])
     orders = []
     for order in sorted(triplets):
         keys, cols, data = (np.concatenate(x) for x in triplets[order])
         unique, inverse = np.unique(keys, return_inverse=True)
         dofs = (unique[:, None] // n_dofs ** np.arange(order)) % n_dofs
-        basis = coo_matrix((data, (inverse.reshape(-1), cols)), shape=(len(unique), n_parameters)).tocsr()
+        basis = coo_matrix((data, (inverse.reshape(-1), cols)), shape=(len(unique), n_eigentensors)).tocsr()
         basis.sum_duplicates()
         orders.append(ParameterMonomials(dofs=np.ascontiguousarray(dofs), basis=basis))
-    return SurrogateBasis(cluster_space=cluster_space, orders=tuple(orders), cutoffs_A=tuple(cutoffs), tiling=tiling)
+    return SurrogateBasis(
+        cluster_space=cluster_space, orders=tuple(orders), amplitudes=amplitudes, cutoffs_A=tuple(cutoffs), tiling=tiling
+    )
 
 
 def monomial_partials(u: np.ndarray, dofs: np.ndarray) -> list[np.ndarray]:
@@ -1124,22 +1137,28 @@ def monomial_partials(u: np.ndarray, dofs: np.ndarray) -> list[np.ndarray]:
 def surrogate_fit_matrix(basis: SurrogateBasis, displacements_A: np.ndarray) -> np.ndarray:
     """(3N·B, P): the forces of displacements (B, N, 3) are this matrix times the parameters.
 
-    Forces are -∂V/∂u. Each nonzero b of the basis (monomial t, parameter p) adds, for every factor
-    k of t, -b × (the product of t's other factors) to the row of t's k-th dof in column p: one
-    weighted histogram per factor and configuration.
+    Forces are -∂V/∂u. Each nonzero b of the monomial basis (monomial t, eigentensor e) adds, for
+    every factor k of t, -b × (the product of t's other factors) to the entry (t's k-th dof, e):
+    per factor a sparse (dof·e, t) matrix times the dense (t, configurations) partial products.
+    The amplitude map then turns eigentensor columns into parameter columns.
     """
+    from scipy.sparse import csr_matrix
+
     n, n_dofs = len(displacements_A), displacements_A[0].size
-    n_parameters = basis.n_parameters
+    n_eigentensors = basis.amplitudes.shape[0]
     u = displacements_A.reshape(n, -1)
-    out = np.zeros((n, n_dofs * n_parameters))
+    out = np.zeros((n_dofs * n_eigentensors, n))
     for monomials in basis.orders:
         entries = monomials.basis.tocoo()
-        targets = [monomials.dofs[entries.row, k] * n_parameters + entries.col for k in range(monomials.order)]
-        for s in range(n):
-            partials = monomial_partials(u[s : s + 1], monomials.dofs)
-            for k, target in enumerate(targets):
-                out[s] -= np.bincount(target, partials[k][0, entries.row] * entries.data, minlength=out.shape[1])
-    return out.reshape(n * n_dofs, n_parameters)
+        partials = monomial_partials(u, monomials.dofs)
+        for k in range(monomials.order):
+            scatter = csr_matrix(
+                (entries.data, (monomials.dofs[entries.row, k] * n_eigentensors + entries.col, entries.row)),
+                shape=(n_dofs * n_eigentensors, len(monomials.dofs)),
+            )
+            out -= scatter @ partials[k].T
+    by_configuration = out.reshape(n_dofs, n_eigentensors, n).transpose(2, 0, 1)
+    return by_configuration.reshape(n * n_dofs, n_eigentensors) @ basis.amplitudes
 
 
 def fit_surrogate(
@@ -1164,10 +1183,9 @@ def fit_surrogate(
         optimizer.train()
     harmonic = harmonic_monomials(matrix)
     fitted = {}
-    for monomials in basis.orders:
-        coefficients = monomials.basis @ optimizer.parameters
-        keep = np.abs(coefficients) > 1e-14
-        fitted[monomials.order] = Monomials(dofs=monomials.dofs[keep], coefficients=coefficients[keep])
+    for monomials in basis.monomials(optimizer.parameters):
+        keep = np.abs(monomials.coefficients) > 1e-14
+        fitted[monomials.order] = Monomials(dofs=monomials.dofs[keep], coefficients=monomials.coefficients[keep])
     if 2 in fitted:
         harmonic = merge_monomials(
             np.concatenate([harmonic.dofs, fitted[2].dofs]),

@@ -245,7 +245,6 @@ def test_folded_expansion_equals_the_tiled_force_constants():
 
     from generate.sscha import (
         ForceConstantExpansion,
-        Monomials,
         SurrogateSettings,
         folded_monomials,
         quiet_hiphive,
@@ -279,7 +278,7 @@ def test_folded_expansion_equals_the_tiled_force_constants():
     one.calc = expansion
     np.testing.assert_allclose(one.get_forces(), forces[0], rtol=1e-12, atol=1e-12)
 
-    from_basis = ForceConstantExpansion(model.atoms, 0.5, [Monomials(m.dofs, m.basis @ parameters) for m in basis.orders])
+    from_basis = ForceConstantExpansion(model.atoms, 0.5, basis.monomials(parameters))
     basis_energies, basis_forces = from_basis.energies_and_forces(displacements)
     np.testing.assert_allclose(basis_energies, energies, rtol=1e-12)
     np.testing.assert_allclose(basis_forces, forces, atol=1e-12 * np.abs(forces).max())

@@ -560,6 +560,15 @@ def converged_gradient(gradient_norm, gradient_error, carried_error, dynamical_n
     return gradient_norm**2 - noise2 <= settings.gradient_error_fraction**2 * gradient_error**2
 
 
+def unconverged_status(settings, n_stabilized: int) -> str:
+    """Why a run stopped without converging; modes held at the stabilization floor are named, as the
+    SCHA then wants them softer than ``min_frequency_THz`` (a structural instability near this T)."""
+    status = f"not converged in {settings.max_steps} steps"
+    if n_stabilized:
+        status += f": {n_stabilized} modes held at the stabilization floor of {settings.min_frequency_THz} THz"
+    return status
+
+
 # ----------------------------------------------------------------------------------------------
 # Harmonic start
 
@@ -691,6 +700,8 @@ def run_sscha(
         carried_error, carried_frequency_errors = gradient_error, stats.frequency_errors_THz
         carried_size = len(ensemble.energies_eV)
 
+    if status == f"not converged in {settings.max_steps} steps":
+        status = unconverged_status(settings, n_stabilized)
     final_errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
     return sscha_result(
         model, settings, "direct", converged, status, dynamical, centroids, fc_harmonic, final_errors, history,
@@ -805,7 +816,9 @@ def anharmonicity_score(model: SupercellModel, ensemble: Ensemble, weights, fc_h
 class SurrogateSettings:
     n_training_structures: int = 40  # displaced supercells evaluated by the potential for the first fit
     cutoffs_A: tuple[float, float, float] | None = None  # orders 2, 3, 4; None: from cutoff_factors
-    cutoff_factors: tuple[float, float, float] = (1.8, 1.8, 1.45)  # × nearest-neighbour distance
+    # × nearest-neighbour distance. Quartic terms within the first shell only: on NaCl, 1.45 (second
+    # shell) lowered the verified force error from 0.113 to 0.107 for 3× the cluster-space time.
+    cutoff_factors: tuple[float, float, float] = (1.8, 1.8, 1.1)
     fit_method: str = "ardr"  # trainstation: ardr | lasso | rfe | omp | least-squares | ...
     averages: str = "analytic"  # SSCHA on the surrogate: exact Gaussian averages | "ensemble" (sampled)
     n_configurations: int = 2000  # ensemble averages only: SSCHA ensembles on the surrogate
@@ -1333,6 +1346,8 @@ def run_scha_on_expansion(
         dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
         if settings.relax_centroids:
             centroids = centroids + centroid_step(model, dynamical, mean_force, settings)
+    if not converged:
+        status = unconverged_status(settings, n_stabilized)
     n_modes = model.basis.shape[1]
     return sscha_result(
         model, settings, "surrogate", converged, status, dynamical, centroids, fc_harmonic, np.zeros(n_modes), history,

@@ -11,7 +11,10 @@ temperature=...)``), evaluates them, and refits the force constants to the displ
 with symfc. It expects a pypolymlp potential behind ``PhonopyMLP.evaluate``; :class:`ThermobenchMLP`
 puts the matgl potential there instead (forces through ``evaluate_batch``). The loop starts from the
 finite-displacement force constants (phonopy's systematic displacements, 0.01 Å), as ``phonopy-
-mlpsscha`` does when the input file carries force constants. Its answer is the mean of the refits
+mlpsscha`` does when the input file carries force constants, symmetrized and with imaginary and very
+soft modes lifted by run_sscha's own rule (:func:`generate.sscha.stabilize`, ω² → max(|ω²|, (0.5 THz)²); a no-op
+for NaCl): phonopy's harmonic sampling of an imaginary mode otherwise throws atoms onto each other
+(cubic CsPbBr3: Cs and Br 0.48 Å apart in the first ensemble). Its answer is the mean of the refits
 after a transient, with the standard error of that mean as its stochastic error; phonopy leaves the
 averaging window to the user (``--transient``), and here iterations run until the error of the mean
 is below the target. Successive refits are correlated through the force constants they were drawn
@@ -73,20 +76,22 @@ class PhonopyLoopResult:
     cpu_time_s: float
     reached_target: bool
     iterations: list = field(default_factory=list)  # per refit: frequencies, evaluations, times, free energy
+    failure: str | None = None  # why the loop stopped early (a sampled supercell the potential refused)
 
     def to_json_dict(self) -> dict:
         return {
             "temperature_K": self.temperature_K,
             "n_snapshots": self.n_snapshots,
             "transient": self.transient,
-            "supercell_frequencies_THz": self.frequencies_THz.tolist(),
-            "supercell_frequency_errors_THz": self.frequency_errors_THz.tolist(),
+            "supercell_frequencies_THz": None if self.frequencies_THz is None else self.frequencies_THz.tolist(),
+            "supercell_frequency_errors_THz": None if self.frequency_errors_THz is None else self.frequency_errors_THz.tolist(),
             "n_averaged": self.n_averaged,
             "n_potential_evaluations": self.n_potential_evaluations,
             "wall_time_s": self.wall_time_s,
             "cpu_time_s": self.cpu_time_s,
             "reached_target": self.reached_target,
             "iterations": self.iterations,
+            "failure": self.failure,
         }
 
 
@@ -110,6 +115,7 @@ def run_phonopy_loop(
     from phonopy.sscha.core import MLPSSCHA
 
     from generate.sscha import frequencies_THz, to_matrix, to_phonopy_atoms
+    from thermobench.potentials import UnsupportedStructureError
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
     mlp = make_mlp(potential)
@@ -118,6 +124,7 @@ def run_phonopy_loop(
     ph.mlp = mlp
     ph.evaluate_mlp()
     ph.produce_force_constants(show_drift=False)
+    ph.force_constants = stabilized_start(atoms, ph, supercell, symprec)
     loop = MLPSSCHA(
         ph, mlp, temperature=temperature_K, number_of_snapshots=n_snapshots, max_iterations=max_iterations,
         random_seed=seed,
@@ -125,26 +132,29 @@ def run_phonopy_loop(
     sqrt_masses = np.repeat(np.sqrt(loop.phonopy.supercell.masses), 3)
     mass_outer = np.outer(sqrt_masses, sqrt_masses)
     iterations, kept = [], []
-    mean = errors = None
-    for iteration in loop:  # iteration 0 was skipped: starting force constants were given
-        frequencies = frequencies_THz(to_matrix(loop.force_constants) / mass_outer)
-        iterations.append(
-            {
-                "iteration": iteration,
-                "supercell_frequencies_THz": frequencies.tolist(),
-                "n_potential_evaluations": mlp.n_evaluations,
-                "wall_time_s": time.perf_counter() - wall0,
-                "free_energy_eV_cell": loop.free_energy,
-                "free_energy_error_eV_cell": loop.free_energy_error,
-            }
-        )
-        if iteration > transient:
-            kept.append(frequencies)
-        if len(kept) >= max(2, min_averaged):
-            mean = np.mean(kept, axis=0)
-            errors = np.std(kept, axis=0, ddof=1) / np.sqrt(len(kept))
-            if errors.max() <= frequency_error_target_THz:
-                break
+    mean = errors = failure = None
+    try:
+        for iteration in loop:  # iteration 0 was skipped: starting force constants were given
+            frequencies = frequencies_THz(to_matrix(loop.force_constants) / mass_outer)
+            iterations.append(
+                {
+                    "iteration": iteration,
+                    "supercell_frequencies_THz": frequencies.tolist(),
+                    "n_potential_evaluations": mlp.n_evaluations,
+                    "wall_time_s": time.perf_counter() - wall0,
+                    "free_energy_eV_cell": loop.free_energy,
+                    "free_energy_error_eV_cell": loop.free_energy_error,
+                }
+            )
+            if iteration > transient:
+                kept.append(frequencies)
+            if len(kept) >= max(2, min_averaged):
+                mean = np.mean(kept, axis=0)
+                errors = np.std(kept, axis=0, ddof=1) / np.sqrt(len(kept))
+                if errors.max() <= frequency_error_target_THz:
+                    break
+    except UnsupportedStructureError as error:
+        failure = f"ensemble of iteration {len(iterations) + 1}: {error}"
     if mean is None and len(kept) >= 2:
         mean, errors = np.mean(kept, axis=0), np.std(kept, axis=0, ddof=1) / np.sqrt(len(kept))
     return PhonopyLoopResult(
@@ -159,7 +169,20 @@ def run_phonopy_loop(
         cpu_time_s=time.process_time() - cpu0,
         reached_target=bool(errors is not None and errors.max() <= frequency_error_target_THz),
         iterations=iterations,
+        failure=failure,
     )
+
+
+def stabilized_start(atoms: Atoms, ph, supercell, symprec: float) -> np.ndarray:
+    """phonopy's finite-displacement force constants with run_sscha's starting rule applied."""
+    from generate.sscha import SSCHASettings, starting_dynamical_matrices, supercell_model, to_blocks
+
+    settings = SSCHASettings(symprec=symprec)
+    model = supercell_model(atoms, supercell, settings)
+    if not np.allclose(model.atoms.get_scaled_positions(), ph.supercell.scaled_positions, atol=1e-8):
+        raise RuntimeError("phonopy's supercell and run_sscha's differ in atom order")
+    mass_outer, _, dynamical, _ = starting_dynamical_matrices(model, ph.force_constants, None, settings)
+    return to_blocks(dynamical * mass_outer)
 
 
 def compare(frequencies_a, errors_a, frequencies_b, errors_b, n_acoustic: int = 3) -> dict:

@@ -179,7 +179,8 @@ def stabilized_start(atoms: Atoms, ph, supercell, symprec: float) -> np.ndarray:
 
     settings = SSCHASettings(symprec=symprec)
     model = supercell_model(atoms, supercell, settings)
-    if not np.allclose(model.atoms.get_scaled_positions(), ph.supercell.scaled_positions, atol=1e-8):
+    offsets = model.atoms.get_scaled_positions(wrap=False) - ph.supercell.scaled_positions
+    if np.abs(offsets - np.round(offsets)).max() > 1e-8:
         raise RuntimeError("phonopy's supercell and run_sscha's differ in atom order")
     mass_outer, _, dynamical, _ = starting_dynamical_matrices(model, ph.force_constants, None, settings)
     return to_blocks(dynamical * mass_outer)

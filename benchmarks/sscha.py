@@ -1,11 +1,12 @@
 """SSCHA cost to a frequency stochastic error of 0.02 THz: direct, surrogate and phonopy's own loop.
 
     THERMOBENCH_MODELS=../shared/models nice .venv/bin/python -m benchmarks.sscha \
-        [--materials NaCl CsPbBr3] [--methods direct surrogate phonopy] [--target 0.02] \
-        [--out benchmarks/results/sscha]
+        [--materials NaCl CsPbBr3 SrTiO3] [--methods direct surrogate phonopy] [--target 0.02] \
+        [--threads 1] [--out benchmarks/results/sscha]
 
-For each material (NaCl: 2×2×2 supercell of the primitive cell, 16 atoms; cubic CsPbBr3: 2×2×2 of
-the 5-atom cell, 40 atoms; both relaxed with the potential first, untimed) at 300 K, three routes run
+For each material (NaCl: 2×2×2 supercell of the primitive cell, 16 atoms; cubic CsPbBr3 and
+SrTiO3: 2×2×2 of the 5-atom cell, 40 atoms, both harmonically unstable; all relaxed with the
+potential first, untimed) at 300 K, three routes run
 one after the other in this process, each until every supercell frequency has a stochastic error
 ≤ ``--target``:
 
@@ -38,7 +39,7 @@ import numpy as np
 
 from benchmarks.sscha_phonopy_crosscheck import RESULTS, compare, run_phonopy_loop, versions
 
-MATERIALS = {"NaCl": (2, 2, 2), "CsPbBr3": (2, 2, 2)}
+MATERIALS = {"NaCl": (2, 2, 2), "CsPbBr3": (2, 2, 2), "SrTiO3": (2, 2, 2)}
 KNOWN_METHODS = ("surrogate", "direct", "phonopy")
 
 

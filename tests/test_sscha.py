@@ -413,3 +413,22 @@ def test_gaussian_averages_of_an_expansion():
     bump[i, j] = bump[j, i] = h
     d_energy = (expansion.gaussian_averages(mean, covariance + bump)[0] - expansion.gaussian_averages(mean, covariance - bump)[0]) / (2 * h)
     assert d_energy == pytest.approx(hessian[i, j], rel=1e-6)
+
+
+def test_modes_wanting_to_be_softer_than_the_floor_are_reported_not_converged():
+    """With the stabilization floor above the analytic SCHA frequency of a double well, the SCHA
+    cannot reach its solution: the run stops unconverged at the floor and its status says so."""
+    from dataclasses import replace
+
+    from generate.sscha import run_scha_on_expansion, to_blocks
+
+    k_eV_A2, lam, temperature_K = -1.0, 20.0, 600.0
+    atoms = einstein_crystal()
+    expected = scha_frequency_THz(k_eV_A2, lam, temperature_K, quantum=True)
+    settings = replace(SSCHASettings(temperature_K=temperature_K, **ONSITE), min_frequency_THz=1.5 * expected, max_steps=20)
+    model = supercell_model(atoms, SUPERCELL, settings)
+    harmonic = to_blocks(k_eV_A2 * np.eye(3 * model.n_atoms))
+    result = run_scha_on_expansion(atoms, onsite_expansion(model, k_eV_A2, lam), SUPERCELL, settings, harmonic=(harmonic, 0))
+    assert not result.converged
+    assert "24 modes held at the stabilization floor" in result.status
+    np.testing.assert_allclose(result.supercell_frequencies_THz, 1.5 * expected, rtol=1e-6)

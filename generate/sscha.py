@@ -642,6 +642,9 @@ def run_sscha(
     # Noise that Φ carries from the ensemble that last moved it: its gradient error, its per-mode
     # frequency errors and its size. The harmonic start carries none.
     carried_error, carried_frequency_errors, carried_size = 0.0, None, 0
+    # Steps on one reweighted ensemble can overshoot into a two-step cycle: halve the step whenever
+    # the gradient grows on the same ensemble, back to full mixing on a fresh one.
+    step_scale, previous_gradient_norm = settings.mixing, np.inf
     for step in range(settings.max_steps):
         fresh = ensemble is None
         if not fresh:
@@ -653,6 +656,11 @@ def run_sscha(
             evaluations += len(ensemble.energies_eV)
             stats = ensemble_statistics(model, ensemble, dynamical, centroids, settings)
         gradient_norm, gradient_error = float(np.linalg.norm(stats.gradient)), stats.gradient_error
+        if fresh:
+            step_scale = settings.mixing
+        elif gradient_norm > previous_gradient_norm:
+            step_scale /= 2
+        previous_gradient_norm = gradient_norm
         history.append(
             SSCHAStep(
                 step=step,
@@ -693,7 +701,7 @@ def run_sscha(
             ensemble = None
             continue
         step_matrix = preconditioned_step(model, dynamical, harmonic_dynamical, stats.gradient, settings)
-        dynamical = symmetrize_mass_weighted_fc(model, dynamical - settings.mixing * step_matrix)
+        dynamical = symmetrize_mass_weighted_fc(model, dynamical - step_scale * step_matrix)
         dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
         if settings.relax_centroids:
             centroids = centroids + centroid_step(model, dynamical, stats.mean_force_eV_A, settings)

@@ -638,7 +638,7 @@ def run_sscha(
 
     n_configurations = settings.n_configurations
     ensemble, history, stats = None, [], None
-    converged, status, n_stabilized = False, f"not converged in {settings.max_steps} steps", 0
+    converged, status, n_stabilized = False, None, 0  # status: set where the loop stops early
     # Noise that Φ carries from the ensemble that last moved it: its gradient error, its per-mode
     # frequency errors and its size. The harmonic start carries none.
     carried_error, carried_frequency_errors, carried_size = 0.0, None, 0
@@ -708,8 +708,7 @@ def run_sscha(
         carried_error, carried_frequency_errors = gradient_error, stats.frequency_errors_THz
         carried_size = len(ensemble.energies_eV)
 
-    if status == f"not converged in {settings.max_steps} steps":
-        status = unconverged_status(settings, n_stabilized)
+    status = status or unconverged_status(settings, n_stabilized)
     final_errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
     return sscha_result(
         model, settings, "direct", converged, status, dynamical, centroids, fc_harmonic, final_errors, history,
@@ -1318,7 +1317,7 @@ def run_scha_on_expansion(
         model, fc_harmonic, initial_force_constants, settings
     )
     centroids = model.atoms.positions.copy()
-    history, converged, status = [], False, f"not converged in {settings.max_steps} steps"
+    history, converged, status = [], False, None
     for step in range(settings.max_steps):
         modes = gaussian_modes(model, dynamical, settings)
         covariance = (modes.vectors * modes.variance) @ modes.vectors.T / mass_outer

@@ -18,7 +18,6 @@ Writes a matgl model directory loadable by ``load_potential`` (with a model card
 from __future__ import annotations
 
 import json
-import lzma
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,9 +25,6 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-
-DATASET_FILES = ("phonopy_params.yaml", "phonopy_params.yaml.xz", "phonopy_disp.yaml")
-
 
 @dataclass
 class Sample:
@@ -49,72 +45,46 @@ class ReadReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _load_phonopy(directory: Path):
-    """phonopy object with its displacement dataset and forces, from any supported file layout."""
-    import phonopy
-
-    from generate.validate_phonons import DatasetError, load_dft_dataset
-
-    if (directory / "phonopy_params.yaml").is_file():
-        return phonopy.load(directory / "phonopy_params.yaml", produce_fc=False, log_level=0)
-    if (directory / "phonopy_params.yaml.xz").is_file():
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            unpacked = Path(tmp) / "phonopy_params.yaml"
-            unpacked.write_bytes(lzma.decompress((directory / "phonopy_params.yaml.xz").read_bytes()))
-            return phonopy.load(unpacked, produce_fc=False, log_level=0)
-    if (directory / "phonopy_disp.yaml").is_file():
-        return load_dft_dataset(directory)
-    raise DatasetError(f"{directory.name}: none of {', '.join(DATASET_FILES)}")
-
-
-def dataset_samples(directory: Path, element_types) -> list[Sample]:
-    """Training samples of one dataset; raises ``DatasetError`` naming what is wrong with it."""
+def dataset_samples(path: Path, element_types) -> list[Sample]:
+    """Training samples of one dataset (any layout); raises ``DatasetError`` naming what is wrong with it."""
     from generate.harmonic import to_ase_atoms
-    from generate.validate_phonons import DatasetError
+    from generate.phonon_data import DatasetError, dataset_name, displaced_forces, load_phonon_dataset
 
-    name = directory.name
-    phonon = _load_phonopy(directory)
-    dataset = phonon.dataset or {}
-    supercells = phonon.supercells_with_displacements or []
-    if "first_atoms" in dataset:
-        forces = [d.get("forces") for d in dataset["first_atoms"]]
-        energies = [d.get("supercell_energy") for d in dataset["first_atoms"]]
-    else:
-        forces = list(dataset.get("forces", []))
-        energies = list(dataset.get("supercell_energies", [None] * len(forces)))
-    if len(forces) != len(supercells) or any(f is None for f in forces):
-        raise DatasetError(f"{name}: {len(supercells)} displacements but {sum(f is not None for f in forces)} force sets")
+    name = dataset_name(path)
+    phonon = load_phonon_dataset(path)
     unknown = sorted(set(phonon.supercell.symbols) - set(element_types))
     if unknown:
         raise DatasetError(f"{name}: element(s) {', '.join(unknown)} not covered by the base model")
-    samples = []
-    for index, (cell, force, energy) in enumerate(zip(supercells, forces, energies, strict=True)):
-        force = np.asarray(force, dtype=float)
-        if not np.isfinite(force).all():
-            raise DatasetError(f"{name}: non-finite forces in displacement {index + 1}")
-        samples.append(Sample(name, to_ase_atoms(cell), force, None if energy is None else float(energy)))
+    supercells, forces = displaced_forces(phonon)
+    dataset = phonon.dataset
+    if "first_atoms" in dataset:
+        energies = [d.get("supercell_energy") for d in dataset["first_atoms"]]
+    else:
+        energies = list(dataset.get("supercell_energies", [None] * len(forces)))
+    samples = [
+        Sample(name, to_ase_atoms(cell), force, None if energy is None else float(energy))
+        for cell, force, energy in zip(supercells, forces, energies, strict=True)
+    ]
     perfect = to_ase_atoms(phonon.supercell)
     samples.append(Sample(name, perfect, np.zeros((len(perfect), 3))))
     return samples
 
 
 def read_phonon_datasets(root: Path, element_types, exclude=()) -> ReadReport:
-    """All phonopy datasets under ``root`` (any depth); broken ones are named and skipped."""
-    from generate.validate_phonons import DatasetError
+    """All phonopy datasets under ``root`` (any depth, any layout); broken ones are named and skipped."""
+    from generate.phonon_data import DatasetError, dataset_name, find_datasets
 
     report = ReadReport()
-    directories = sorted({p.parent for name in DATASET_FILES for p in Path(root).rglob(name)})
-    for directory in directories:
-        if directory.name in exclude:
+    for path in find_datasets(Path(root)):
+        name = dataset_name(path)
+        if name in exclude:
             continue
         try:
-            report.samples.extend(dataset_samples(directory, element_types))
-            report.materials.append(directory.name)
+            report.samples.extend(dataset_samples(path, element_types))
+            report.materials.append(name)
         except (DatasetError, ValueError, KeyError, OSError) as error:
-            report.skipped[directory.name] = str(error)
-            print(f"skipped {directory.name}: {error}", file=sys.stderr)
+            report.skipped[name] = str(error)
+            print(f"skipped {name}: {error}", file=sys.stderr)
     return report
 
 
@@ -269,6 +239,25 @@ def material_batches(samples: list[Sample], batch_size: int) -> list[list[Sample
     return list(groups.values()) + [replay[i : i + batch_size] for i in range(0, len(replay), batch_size)]
 
 
+def loss_terms(potential, batch, config):
+    """``(loss, force_mse, energy_mse)`` of one labelled batch (see ``_batch``)."""
+    import torch
+
+    graph, lattice, state, forces, atom_weights, reference_atoms, energies, mask, n_atoms = batch
+    energy, force = potential(graph, lattice, state)[:2]
+    displaced = reference_atoms >= 0
+    change = force[displaced] - force[reference_atoms[displaced]]
+    squared = torch.cat([
+        config.force_weight * atom_weights[displaced, None] * (change - forces[displaced]) ** 2,
+        config.equilibrium_weight * atom_weights[~displaced, None] * (force[~displaced] - forces[~displaced]) ** 2,
+    ])
+    force_loss = squared.mean()
+    energy_loss = (
+        torch.mean(((energy - energies) / n_atoms)[mask] ** 2) if bool(mask.any()) else torch.zeros((), device=force.device)
+    )
+    return force_loss + config.energy_weight * energy_loss, force_loss, energy_loss
+
+
 def make_module(potential, config):
     """The LightningModule: force (and energy-per-atom) MSE on the wrapped matgl ``Potential``."""
     import lightning.pytorch as pl
@@ -280,22 +269,10 @@ def make_module(potential, config):
             self.potential = potential
 
         def training_step(self, batch, batch_idx):
-            graph, lattice, state, forces, atom_weights, reference_atoms, energies, mask, n_atoms = batch
-            energy, force = self.potential(graph, lattice, state)[:2]
-            displaced = reference_atoms >= 0
-            change = force[displaced] - force[reference_atoms[displaced]]
-            squared = torch.cat([
-                config.force_weight * atom_weights[displaced, None] * (change - forces[displaced]) ** 2,
-                config.equilibrium_weight * atom_weights[~displaced, None] * (force[~displaced] - forces[~displaced]) ** 2,
-            ])
-            force_loss = squared.mean()
-            energy_loss = (
-                torch.mean(((energy - energies) / n_atoms)[mask] ** 2) if bool(mask.any()) else torch.zeros((), device=force.device)
-            )
-            loss = force_loss + config.energy_weight * energy_loss
+            loss, force_loss, energy_loss = loss_terms(self.potential, batch, config)
             self.log_dict(
                 {"train/loss": loss, "train/force_mse": force_loss, "train/energy_mse": energy_loss},
-                batch_size=int(lattice.shape[0]), on_epoch=True, on_step=False,
+                batch_size=int(batch[1].shape[0]), on_epoch=True, on_step=False,
             )
             return loss
 
@@ -433,6 +410,14 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
     def run(cfg) -> None:
+        if cfg.source.name == "phonondb":
+            from generate.finetune_phonondb import finetune_at_scale
+
+            report = finetune_at_scale(cfg)
+            print(json.dumps({k: report[k] for k in ("data", "best", "wall_time_s")}, indent=1, default=str))
+            return
+        if cfg.source.name != "directory":
+            raise ValueError(f"source.name must be 'directory' or 'phonondb', not {cfg.source.name!r}")
         report = finetune(cfg)
         print(json.dumps({k: report[k] for k in ("materials", "skipped", "force_errors_before", "force_errors_after")}, indent=1))
         drift = report["parity_drift"]

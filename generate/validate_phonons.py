@@ -31,14 +31,11 @@ from generate.harmonic import (
     to_ase_atoms,
     to_phonopy_atoms,
 )
+from generate.phonon_data import DatasetError, dataset_name, displacements_only, find_datasets, load_phonon_dataset
 from generate.relax import RelaxSettings, relax
 
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "dft-phonons"
 COMPARISON_TEMPERATURE_K = 300.0
-
-
-class DatasetError(ValueError):
-    """A DFT phonon dataset directory that cannot be used, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -55,26 +52,11 @@ class PhononComparison:
     potential_min_frequency_THz: float
 
 
-def load_dft_dataset(directory: Path):
-    """phonopy object with DFT force constants (and NAC when ``BORN`` is present); checks the files first."""
-    import phonopy
-
-    directory = Path(directory)
-    disp, force_sets, born = directory / "phonopy_disp.yaml", directory / "FORCE_SETS", directory / "BORN"
-    for required in (disp, force_sets):
-        if not required.is_file():
-            raise DatasetError(f"{directory.name}: missing {required.name}")
-    phonon = phonopy.load(disp, produce_fc=False, log_level=0)
-    n_supercell = len(phonon.supercell)
-    header = force_sets.read_text().split()
-    if not header or int(header[0]) != n_supercell:
-        found = header[0] if header else "nothing"
-        raise DatasetError(
-            f"{directory.name}: FORCE_SETS is for {found} atoms but the supercell of phonopy_disp.yaml has {n_supercell}"
-        )
-    phonon = phonopy.load(
-        disp, force_sets_filename=force_sets, born_filename=born if born.is_file() else None, log_level=0
-    )
+def load_dft_dataset(path: Path):
+    """phonopy object with DFT force constants (and NAC when ``BORN`` is present), any layout."""
+    phonon = load_phonon_dataset(path)
+    phonon.produce_force_constants(calculate_full_force_constants=False)  # as phonopy.load does
+    phonon.symmetrize_force_constants()
     return phonon
 
 
@@ -96,10 +78,7 @@ def _same_setup_phonopy(reference, unitcell):
 def potential_phonons_on_dft_geometry(reference, model, settings: HarmonicSettings) -> HarmonicResult:
     """The potential's FC2 from exactly the DFT displacements of the DFT geometry."""
     phonon = _same_setup_phonopy(reference, reference.unitcell)
-    phonon.dataset = {
-        "natom": reference.dataset["natom"],
-        "first_atoms": [{"number": d["number"], "displacement": d["displacement"]} for d in reference.dataset["first_atoms"]],
-    }
+    phonon.dataset = displacements_only(reference.dataset)
     evaluations = displaced_supercell_forces(phonon, model)
     phonon.produce_force_constants()
     phonon.symmetrize_force_constants()
@@ -180,7 +159,7 @@ def plot_bands(path: Path, title: str, curves: list[tuple[str, HarmonicResult, d
 
 def validate_dataset(directory: Path, model, calculator, settings, relax_settings, plot_dir: Path | None, label: str):
     """One material's record: both comparisons, relaxation diagnostics, or the reason it failed."""
-    record: dict = {"material": directory.name, "status": "ok"}
+    record: dict = {"material": dataset_name(directory), "status": "ok"}
     start = time.perf_counter()
     reference = load_dft_dataset(directory)
     dft = phonon_properties(reference, settings, n_potential_evaluations=0)
@@ -210,7 +189,7 @@ def validate_dataset(directory: Path, model, calculator, settings, relax_setting
         curves = [("DFT", dft, {"color": "k", "lw": 1.2}), (f"{label} (DFT geometry)", on_dft_geometry, {"color": "tab:red", "lw": 1.0})]
         if on_relaxed is not None:
             curves.append((f"{label} (relaxed)", on_relaxed, {"color": "tab:blue", "lw": 1.0, "ls": "--"}))
-        plot_bands(plot_dir / f"{directory.name}.png", directory.name, curves)
+        plot_bands(plot_dir / f"{dataset_name(directory)}.png", dataset_name(directory), curves)
     return record
 
 
@@ -279,20 +258,21 @@ def validate(potential: str, datasets: Path, out: Path, settings: HarmonicSettin
     model = load_potential(potential)
     calculator = ThermobenchCalculator(model, stress_unit="eV/A3")
     out.mkdir(parents=True, exist_ok=True)
-    directories = sorted(p for p in Path(datasets).iterdir() if p.is_dir())
+    directories = find_datasets(Path(datasets))
     if not directories:
-        raise DatasetError(f"no dataset directories in {datasets}")
+        raise DatasetError(f"no phonopy datasets (directories or archives) in {datasets}")
     records = []
     for index, directory in enumerate(directories, 1):
-        print(f"[{index}/{len(directories)}] {directory.name}", file=sys.stderr, flush=True)
+        name = dataset_name(directory)
+        print(f"[{index}/{len(directories)}] {name}", file=sys.stderr, flush=True)
         try:
             records.append(validate_dataset(directory, model, calculator, settings, relax_settings, out, Path(potential).name))
         except DatasetError as error:
             print(f"  skipped: {error}", file=sys.stderr)
-            records.append({"material": directory.name, "status": f"skipped: {error}"})
+            records.append({"material": name, "status": f"skipped: {error}"})
         except Exception as error:  # one broken material never stops the others
             print(f"  failed: {type(error).__name__}: {error}", file=sys.stderr)
-            records.append({"material": directory.name, "status": f"failed: {type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+            records.append({"material": name, "status": f"failed: {type(error).__name__}: {error}", "traceback": traceback.format_exc()})
     report = {
         "potential": Path(potential).name,
         "potential_provenance": describe(model),
@@ -311,11 +291,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--potential", default="M3GNet-MP-2021.2.8-PES", help="name or path accepted by load_potential")
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS, help="directory of phonopy DFT datasets")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default benchmarks/results/phonons/<potential>)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default outputs/validate_phonons/<potential>)")
     parser.add_argument("--q-mesh", type=int, nargs=3, default=list(HarmonicSettings.q_mesh))
     parser.add_argument("--fmax", type=float, default=RelaxSettings.fmax_eV_A, help="relaxation force criterion (eV/A)")
     args = parser.parse_args(argv)
-    out = args.out or Path("benchmarks/results/phonons") / Path(args.potential).name
+    # Never overwrite the committed reports under benchmarks/results/ unless --out says so.
+    out = args.out or Path("outputs/validate_phonons") / Path(args.potential).name
     command = "python -m generate.validate_phonons " + " ".join(sys.argv[1:] if argv is None else argv)
     report = validate(
         args.potential, args.datasets, out, HarmonicSettings(q_mesh=tuple(args.q_mesh)), RelaxSettings(fmax_eV_A=args.fmax), command

@@ -1,0 +1,232 @@
+"""Fine-tune at scale on the Kyoto phonon database: streamed, step-resumable, selected on validation.
+
+    python -m generate.finetune source=phonondb source.phonondb_dir=../phononDB/phonon_db_tarred \\
+        out_dir=outputs/finetune/phonondb max_steps=4000
+
+phonondb materials carry ~25 displaced supercells each, so a full epoch over thousands of materials
+costs core-days on CPU. Each step therefore draws ``materials_per_step`` training materials (a fresh
+permutation of the training split per pass) and, of each, its perfect supercell and
+``displacements_per_step`` of its displaced supercells at random; the loss is that of
+``generate.finetune`` (DFT force change relative to the perfect supercell, weighted by the material's
+inverse mean squared DFT force; zero forces on the perfect supercell; the energy of the perfect
+supercell anchored to the base model) plus a replay batch every ``replay_every`` steps.
+
+Every ``validate_every`` steps the relative force-change error on a fixed subset of the validation
+split is measured; the best model so far is saved (``best/``). The state (model, optimizer, step,
+validation history) is written to ``checkpoint.pt`` at each validation: rerunning the same command
+resumes from it. The order of materials depends only on the seed and the step, so a resumed run
+sees what an uninterrupted one would. The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from generate.finetune import Sample, _batch, freeze, loss_terms, replay_samples, weight_by_force_scale
+from generate.phonon_data import DatasetError, displaced_forces, load_phonon_dataset
+
+
+class MaterialCache:
+    """Displaced supercells and DFT forces of phonondb materials, read on first use."""
+
+    def __init__(self, phonondb_dir: Path, element_types):
+        from thermobench.phonondb import archive_path
+
+        self._archive_path = archive_path
+        self.phonondb_dir = Path(phonondb_dir)
+        self.element_types = set(element_types)
+        self.data: dict[str, tuple] = {}
+        self.skipped: dict[str, str] = {}
+
+    def get(self, entry):
+        """``(perfect Atoms, [displaced Atoms], forces (n, natom, 3), weight)`` or None if unusable."""
+        from generate.harmonic import to_ase_atoms
+
+        key = entry.material_id
+        if key in self.skipped:
+            return None
+        if key not in self.data:
+            try:
+                unknown = sorted(set(entry.elements) - self.element_types)
+                if unknown:
+                    raise DatasetError(f"{key}: element(s) {', '.join(unknown)} not covered by the base model")
+                phonon = load_phonon_dataset(self._archive_path(self.phonondb_dir, entry))
+                cells, forces = displaced_forces(phonon)
+                weight = 1.0 / float(np.mean(forces**2))
+                self.data[key] = (to_ase_atoms(phonon.supercell), [to_ase_atoms(c) for c in cells], forces, weight)
+            except (DatasetError, FileNotFoundError, ValueError) as error:
+                self.skipped[key] = str(error)
+                print(f"skipped {error}", file=sys.stderr, flush=True)
+                return None
+        return self.data[key]
+
+
+def material_samples(cache: MaterialCache, entry, displacements: int, rng, anchor) -> list[Sample]:
+    """The perfect supercell and ``displacements`` random displaced supercells of one material."""
+    got = cache.get(entry)
+    if got is None:
+        return []
+    perfect, cells, forces, weight = got
+    chosen = rng.choice(len(cells), size=min(displacements, len(cells)), replace=False)
+    samples = [Sample(entry.material_id, cells[k], forces[k], force_weight=weight) for k in sorted(chosen)]
+    energy = anchor(entry.material_id, perfect)
+    samples.append(Sample(entry.material_id, perfect, np.zeros((len(perfect), 3)), energy, True, weight))
+    return samples
+
+
+def step_materials(entries: list, step: int, per_step: int, seed: int) -> list:
+    """The training materials of ``step``: consecutive slices of a per-pass permutation (resumable)."""
+    per_pass = max(1, len(entries) // per_step)
+    epoch, position = divmod(step, per_pass)
+    order = np.random.default_rng([seed, epoch]).permutation(len(entries))
+    return [entries[i] for i in order[position * per_step : (position + 1) * per_step]]
+
+
+def validation_error(potential, cache, entries, displacements: int, seed: int) -> dict:
+    """Mean over materials of the relative force-change error |ΔF_pred - ΔF_DFT| / rms(ΔF_DFT)."""
+    from thermobench.potentials import evaluate_batch
+
+    errors = {}
+    for index, entry in enumerate(entries):
+        got = cache.get(entry)
+        if got is None:
+            continue
+        perfect, cells, forces, _ = got
+        rng = np.random.default_rng([seed, index])
+        chosen = sorted(rng.choice(len(cells), size=min(displacements, len(cells)), replace=False))
+        predicted = evaluate_batch(potential, [perfect] + [cells[k] for k in chosen]).forces_eV_A
+        change = np.array([predicted[1 + i] - predicted[0] for i in range(len(chosen))])
+        target = forces[chosen]
+        errors[entry.material_id] = float(np.abs(change - target).mean() / np.sqrt(np.mean(target**2)))
+    return {"relative_force_change_mae": float(np.mean(list(errors.values()))), "n_materials": len(errors)}
+
+
+def finetune_at_scale(config) -> dict:
+    import torch
+    from matgl.ext.ase import Atoms2Graph
+
+    from thermobench.matgl_compat import detect_convention
+    from thermobench.phonondb import MIRROR_COMMIT, read_index, select
+    from thermobench.potentials import describe, evaluate_batch, load_potential, resolve_model_dir, write_convention_metadata
+
+    source = config.source
+    torch.manual_seed(config.seed)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_potential(config.base_potential)
+    tuned = load_potential(config.base_potential)
+    element_types = tuned.model.element_types
+    index = read_index()
+    elements = set(element_types)
+    filters = dict(max_supercell_atoms=source.max_supercell_atoms, elements=elements)
+    train = select(index, "train", **filters)
+    if source.max_train_materials:
+        train = train[: source.max_train_materials]
+    validation = select(index, "validation", **filters)
+    validation = [validation[i] for i in np.random.default_rng(config.seed).permutation(len(validation))[: source.validation_materials]]
+    cache = MaterialCache(Path(source.phonondb_dir), element_types)
+    anchors: dict[str, float] = {}
+
+    def anchor(material_id, atoms):
+        if material_id not in anchors:
+            anchors[material_id] = float(evaluate_batch(base, [atoms]).energies_eV[0])
+        return anchors[material_id]
+
+    frozen = freeze(tuned, list(config.frozen_prefixes))
+    parameters = [p for p in tuned.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    warmup = max(1, min(200, config.max_steps // 20))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, config.max_steps) / config.max_steps))),
+    )
+    state = {"step": 0, "history": [], "best": None, "wall_s": 0.0, "anchors": {}}
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        tuned.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        state = saved["state"]
+        anchors.update(state.get("anchors", {}))
+        print(f"resumed at step {state['step']} from {checkpoint}", file=sys.stderr, flush=True)
+    replay = replay_samples(base, config.replay_structures, config.seed)
+    weight_by_force_scale(replay)
+    converter = Atoms2Graph(element_types=element_types, cutoff=tuned.model.cutoff)
+
+    def save(best: bool) -> None:
+        tuned.eval()
+        if best:
+            tuned.save(out / "best")
+            write_convention_metadata(out / "best", detect_convention(resolve_model_dir(config.base_potential)))
+        state["anchors"] = anchors
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save({"model": tuned.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "state": state}, tmp)
+        tmp.replace(checkpoint)
+        tuned.train()
+
+    if state["best"] is None:
+        error = validation_error(base, cache, validation, source.validation_displacements, config.seed)
+        state["history"].append({"step": 0, **error})
+        state["best"] = {"step": 0, **error}
+        print(f"step 0: validation {error}", file=sys.stderr, flush=True)
+        save(best=True)
+    tuned.train()
+    started = time.perf_counter() - state["wall_s"]
+    losses: list[float] = []
+    while state["step"] < config.max_steps:
+        step = state["step"]
+        rng = np.random.default_rng([config.seed, step, 1])
+        samples = []
+        for entry in step_materials(train, step, source.materials_per_step, config.seed):
+            samples += material_samples(cache, entry, source.displacements_per_step, rng, anchor)
+        if config.replay_every and replay and step % config.replay_every == 0:
+            samples += [replay[k] for k in rng.choice(len(replay), size=min(config.batch_size, len(replay)), replace=False)]
+        if samples:
+            batch = _batch(samples, converter, "cpu")
+            loss, force_loss, energy_loss = loss_terms(tuned, batch, config)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.gradient_clip)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        schedule.step()
+        state["step"] = step + 1
+        if state["step"] % config.validate_every == 0 or state["step"] == config.max_steps:
+            tuned.eval()
+            error = validation_error(tuned, cache, validation, source.validation_displacements, config.seed)
+            state["wall_s"] = time.perf_counter() - started
+            record = {"step": state["step"], **error, "train_loss": float(np.mean(losses)) if losses else None,
+                      "lr": schedule.get_last_lr()[0], "wall_s": state["wall_s"], "materials_seen": len(cache.data)}
+            losses = []
+            state["history"].append(record)
+            improved = error["relative_force_change_mae"] < state["best"]["relative_force_change_mae"]
+            if improved:
+                state["best"] = {"step": state["step"], **error}
+            print(json.dumps(record), file=sys.stderr, flush=True)
+            with open(out / "progress.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            save(best=improved)
+
+    report = {
+        "base_potential": describe(base),
+        "data": {"source": "phonondb", "mirror_commit": MIRROR_COMMIT, "split": "train (fixed hash split, thermobench/data/phonondb/index.csv)",
+                 "max_supercell_atoms": source.max_supercell_atoms, "train_materials": len(train),
+                 "train_materials_read": len(cache.data) - len([v for v in validation if v.material_id in cache.data]),
+                 "validation_materials": len(validation), "skipped": cache.skipped},
+        "hyperparameters": {k: config[k] for k in ("lr", "max_steps", "batch_size", "force_weight", "equilibrium_weight", "energy_weight",
+                                                    "seed", "replay_structures", "replay_every", "gradient_clip", "validate_every")}
+        | {"materials_per_step": source.materials_per_step, "displacements_per_step": source.displacements_per_step,
+           "frozen_prefixes": list(config.frozen_prefixes), "frozen_parameters": len(frozen)},
+        "supercells_seen": state["step"] * source.materials_per_step * (source.displacements_per_step + 1),
+        "history": state["history"],
+        "best": state["best"],
+        "wall_time_s": state["wall_s"],
+    }
+    (out / "finetune_report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report

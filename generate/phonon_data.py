@@ -75,7 +75,7 @@ def _read_files(path: Path) -> dict[str, bytes]:
                     files[Path(member.name).name] = handle.read() if handle else b""
             return files
     except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as error:
-        raise DatasetError(f"{name}: corrupt or truncated archive ({type(error).__name__}: {error})") from None
+        raise DatasetError(f"{dataset_name(path)}: {name} is a corrupt or truncated archive ({type(error).__name__}: {error})") from None
 
 
 def _conf_matrix(conf: str, key: str, name: str) -> np.ndarray | None:
@@ -225,8 +225,13 @@ def _born(phonon, text: bytes | None, name: str):
         return
     from phonopy.file_IO import parse_BORN_from_strings
 
+    from phonopy.physical_units import get_physical_units
+
+    units = get_physical_units()
     try:
-        phonon.nac_params = parse_BORN_from_strings(text.decode(), phonon.primitive, symprec=phonon.symmetry.tolerance)
+        params = parse_BORN_from_strings(text.decode(), phonon.primitive, symprec=phonon.symmetry.tolerance)
+        params.setdefault("factor", units.Hartree * units.Bohr)  # VASP units, as phonopy.load sets them
+        phonon.nac_params = params
     except Exception as error:
         raise DatasetError(f"{name}: BORN unreadable ({type(error).__name__}: {error})") from None
 
@@ -327,6 +332,13 @@ def displacements_only(dataset: dict) -> dict:
             "first_atoms": [{"number": d["number"], "displacement": d["displacement"]} for d in dataset["first_atoms"]],
         }
     return {"displacements": np.asarray(dataset["displacements"])}
+
+
+def produce_force_constants(phonon, full: bool = False) -> None:
+    """Symmetrized FC2 from the dataset: phonopy's solver for type 1, a symfc fit for type 2."""
+    fc_calculator = "symfc" if "displacements" in (phonon.dataset or {}) else None
+    phonon.produce_force_constants(calculate_full_force_constants=full, fc_calculator=fc_calculator)
+    phonon.symmetrize_force_constants()
 
 
 def _main() -> None:  # pragma: no cover

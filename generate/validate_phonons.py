@@ -31,7 +31,14 @@ from generate.harmonic import (
     to_ase_atoms,
     to_phonopy_atoms,
 )
-from generate.phonon_data import DatasetError, dataset_name, displacements_only, find_datasets, load_phonon_dataset
+from generate.phonon_data import (
+    DatasetError,
+    dataset_name,
+    displacements_only,
+    find_datasets,
+    load_phonon_dataset,
+    produce_force_constants,
+)
 from generate.relax import RelaxSettings, relax
 
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "dft-phonons"
@@ -55,8 +62,7 @@ class PhononComparison:
 def load_dft_dataset(path: Path):
     """phonopy object with DFT force constants (and NAC when ``BORN`` is present), any layout."""
     phonon = load_phonon_dataset(path)
-    phonon.produce_force_constants(calculate_full_force_constants=False)  # as phonopy.load does
-    phonon.symmetrize_force_constants()
+    produce_force_constants(phonon)  # compact, as phonopy.load does
     return phonon
 
 
@@ -80,8 +86,7 @@ def potential_phonons_on_dft_geometry(reference, model, settings: HarmonicSettin
     phonon = _same_setup_phonopy(reference, reference.unitcell)
     phonon.dataset = displacements_only(reference.dataset)
     evaluations = displaced_supercell_forces(phonon, model)
-    phonon.produce_force_constants()
-    phonon.symmetrize_force_constants()
+    produce_force_constants(phonon, full=True)
     return phonon_properties(phonon, settings, evaluations)
 
 

@@ -1,0 +1,136 @@
+"""DFT phonon datasets of every layout: phonondb archives read in place, FORCE_SETS type 1 and 2, bad files."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generate.phonon_data import DatasetError, dataset_name, find_datasets, load_phonon_dataset
+from generate.validate_phonons import load_dft_dataset
+from thermobench.phonondb import INDEX_PATH, MIRROR_COMMIT, SPLIT_FRACTIONS, read_index, select, split_of
+
+FIXTURES = Path(__file__).parent / "data" / "phonondb"
+SI = FIXTURES / "materials-id-149-si-fd-3m-227.tar.lzma"
+NACL = FIXTURES / "materials-id-22862-nacl-fm-3m-225.tar.lzma"
+LII = FIXTURES / "materials-id-568273-lii-p6-3-mmc-194.tar.lzma"
+CM_TO_THZ = 0.0299792458
+
+
+def gamma_frequencies(phonon, direction=None):
+    phonon.run_qpoints([[0.0, 0.0, 0.0]], nac_q_direction=direction)
+    return np.sort(phonon.get_qpoints_dict()["frequencies"][0])
+
+
+def test_phonondb_silicon_raman_mode_against_experiment():
+    """Si's triply degenerate Gamma optical mode: Raman 520.7 cm-1 (15.61 THz) at room temperature.
+
+    PBEsol phonons of covalent semiconductors sit within ~3 % of experiment, which bounds the test.
+    """
+    phonon = load_dft_dataset(SI)
+    optical = gamma_frequencies(phonon)[3:]
+    np.testing.assert_allclose(optical, optical[0], atol=1e-6)  # cubic symmetry: degenerate
+    assert abs(optical[0] / (520.7 * CM_TO_THZ) - 1) < 0.03
+    assert dataset_name(SI) == "mp-149" and phonon.nac_params is not None
+
+
+def test_phonondb_nacl_born_charges_give_the_lo_to_splitting():
+    """NaCl: TO 164 cm-1 and LO 264 cm-1 (neutron scattering, Raunio & Almqvist 1969).
+
+    The LO mode exists only through the BORN file; without it LO = TO. PBEsol's compressed lattice
+    and the finite-displacement supercell put both within 8 % of experiment.
+    """
+    phonon = load_dft_dataset(NACL)
+    near_gamma = gamma_frequencies(phonon, [1.0, 0.0, 0.0])
+    to, lo = near_gamma[3], near_gamma[5]
+    assert abs(to / (164 * CM_TO_THZ) - 1) < 0.08
+    assert abs(lo / (264 * CM_TO_THZ) - 1) < 0.08
+    phonon.nac_params = None
+    assert np.ptp(gamma_frequencies(phonon, [1.0, 0.0, 0.0])[3:]) < 1e-3
+
+
+def test_non_cubic_archive_keeps_its_primitive_axis_and_stability():
+    phonon = load_dft_dataset(LII)
+    assert len(phonon.primitive) == 4 and len(phonon.supercell) == len(phonon.unitcell) * round(np.linalg.det(phonon.supercell_matrix))
+    phonon.run_mesh([6, 6, 6], is_gamma_center=True)
+    assert phonon.get_mesh_dict()["frequencies"].min() > -0.1  # dynamically stable in the database
+
+
+def test_type2_force_sets_are_read_and_give_the_type1_force_constants(tmp_path):
+    """Random displacements of every atom (``phonopy --rd``) with exactly harmonic forces F = -Phi u.
+
+    Fitting FC2 from them must give back the type-1 DFT frequencies: the forces are exactly
+    harmonic, so only the fit's round-off remains (1e-4 THz bounds it with margin).
+    """
+    from phonopy.file_IO import write_FORCE_SETS
+
+    reference = load_dft_dataset(NACL)
+    reference.produce_force_constants()  # full (N, N, 3, 3) for the force model below
+    reference.symmetrize_force_constants()
+    reference.nac_params = None
+    fc = reference.force_constants
+    random = load_phonon_dataset(NACL)
+    random.nac_params = None
+    random.generate_displacements(distance=0.03, number_of_snapshots=4, random_seed=7)
+    displacements = random.displacements
+    forces = -np.einsum("iajb,njb->nia", fc.transpose(0, 2, 1, 3), displacements)
+    folder = tmp_path / "nacl-rd"
+    folder.mkdir()
+    random.save(folder / "phonopy_disp.yaml")
+    write_FORCE_SETS({"displacements": displacements, "forces": forces}, filename=folder / "FORCE_SETS")
+    first_line = (folder / "FORCE_SETS").read_text().splitlines()[0].split()
+    assert len(first_line) == 6  # type 2: displacement and force on every line
+
+    fitted = load_dft_dataset(folder)
+    mesh = [4, 4, 4]
+    for phonon in (fitted, reference):
+        phonon.run_mesh(mesh, is_gamma_center=True)
+    np.testing.assert_allclose(fitted.get_mesh_dict()["frequencies"], reference.get_mesh_dict()["frequencies"], atol=1e-4)
+
+
+def test_corrupt_and_incomplete_archives_are_named(tmp_path):
+    truncated = tmp_path / "materials-id-1-xx-fm-3m-225.tar.lzma"
+    truncated.write_bytes(SI.read_bytes()[:700])
+    with pytest.raises(DatasetError, match=r"mp-1: materials-id-1-xx-fm-3m-225.tar.lzma is a corrupt or truncated archive"):
+        load_phonon_dataset(truncated)
+
+    import tarfile
+
+    incomplete = tmp_path / "materials-id-2-yy-fm-3m-225.tar.xz"
+    with tarfile.open(SI) as source, tarfile.open(incomplete, "w:xz") as target:
+        for member in source.getmembers():
+            if not member.name.endswith("FORCE_SETS"):
+                target.addfile(member, source.extractfile(member) if member.isfile() else None)
+    with pytest.raises(DatasetError, match="mp-2: missing FORCE_SETS"):
+        load_phonon_dataset(incomplete)
+
+
+def test_finetune_reader_takes_archives_and_names_the_broken_one(tmp_path):
+    from generate.finetune import read_phonon_datasets
+
+    shutil.copy(SI, tmp_path)
+    shutil.copy(NACL, tmp_path)
+    (tmp_path / "materials-id-3-zz-fm-3m-225.tar.lzma").write_bytes(b"not an archive")
+    assert [dataset_name(p) for p in find_datasets(tmp_path)] == ["mp-149", "mp-22862", "mp-3"]
+    data = read_phonon_datasets(tmp_path, ("Si", "Na", "Cl"))
+    assert data.materials == ["mp-149", "mp-22862"]
+    assert "corrupt" in data.skipped["mp-3"]
+    si = [s for s in data.samples if s.material == "mp-149"]
+    assert len(si) == 2 and len(si[0].atoms) == 64  # one displacement (diamond) + the perfect supercell
+
+
+def test_split_is_fixed_by_the_mp_id_and_recorded_with_the_mirror_commit():
+    entries = read_index()
+    assert len(entries) == 10034 and len({e.material_id for e in entries}) == len(entries)
+    assert all(e.split == split_of(e.material_id) for e in entries)
+    assert len(MIRROR_COMMIT) == 40 and INDEX_PATH.is_file()
+    n = len(entries)
+    for split, fraction in SPLIT_FRACTIONS.items():
+        count = sum(e.split == split for e in entries)
+        # binomial standard deviation sqrt(n p (1-p)); 5 sigma
+        assert abs(count - n * fraction) < 5 * np.sqrt(n * fraction * (1 - fraction))
+    small_test = select(entries, "test", max_supercell_atoms=100)
+    assert len(small_test) >= 300 and all(e.n_supercell <= 100 for e in small_test)
+    assert {e.split for e in select(entries, "train", elements={"Si"})} == {"train"}
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        select(entries, "dev")

@@ -308,10 +308,42 @@ def mode_variance(omega: np.ndarray, temperature_K: float, quantum: bool) -> tup
 
 
 def eigen(model: SupercellModel, dynamical: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ω²) and mass-weighted eigenvectors of D on the sampled subspace."""
+    """Eigenvalues (ω²) and mass-weighted eigenvectors of D on the sampled subspace, in a canonical basis."""
     reduced = model.basis.T @ dynamical @ model.basis
     values, vectors = np.linalg.eigh(0.5 * (reduced + reduced.T))
-    return values, model.basis @ vectors
+    return values, model.basis @ canonical_eigenvectors(values, vectors)
+
+
+# Relative gap below which eigenvalues count as one degenerate level: symmetrized D has exact
+# degeneracies up to round-off (1e-14 relative); genuinely distinct levels are far above 1e-8.
+DEGENERACY_RTOL = 1e-8
+
+
+def canonical_eigenvectors(values: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Eigenvectors made independent of how LAPACK resolved degeneracies and signs.
+
+    Within a degenerate level any rotation of the eigenvectors is as valid, and LAPACK's choice
+    changes with its thread count; the Gaussian draws ξ·e_μ, the per-mode errors and the mode-wise
+    step would follow it, so labels depended on the threads. Each level is rotated to the
+    eigenvectors of a fixed generic symmetric matrix projected on it, and every sign is fixed by a
+    fixed generic vector: the basis then depends only on D.
+    """
+    n = vectors.shape[0]
+    generator = np.random.default_rng(20261130)  # fixed: defines the canonical basis, not a sample
+    probe = generator.standard_normal((n, n))
+    probe = probe + probe.T
+    direction = generator.standard_normal(n)
+    scale = max(float(np.abs(values).max()), 1e-300)
+    breaks = np.flatnonzero(np.diff(values) > DEGENERACY_RTOL * scale) + 1
+    out = vectors.copy()
+    for level in np.split(np.arange(len(values)), breaks):
+        if len(level) > 1:
+            block = vectors[:, level]
+            _, rotation = np.linalg.eigh(block.T @ probe @ block)
+            out[:, level] = block @ rotation
+    signs = np.sign(direction @ out)
+    signs[signs == 0] = 1.0
+    return out * signs
 
 
 def stabilize(model: SupercellModel, dynamical: np.ndarray, min_frequency_THz: float) -> tuple[np.ndarray, int]:

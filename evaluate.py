@@ -6,8 +6,10 @@
 
 Each split configuration is scored with the model trained on its own training part (a model that
 saw the random split's training rows has seen the ood test families). Writes
-``<leaderboard_dir>/predictions/<model_key>.parquet`` and ``<leaderboard_dir>/<model_key>.yml``; the
-entry is validated (schema, complete and unique predictions, metrics reproduced from the file).
+``<leaderboard_dir>/predictions/<model_key>.parquet`` and ``<leaderboard_dir>/<model_key>.yml`` (by
+default under ``logs/leaderboard``; ``leaderboard_dir=leaderboard`` to submit); an existing entry is
+never replaced unless ``overwrite=true``. The entry is validated (schema, task, complete and unique
+predictions, metrics reproduced from the file).
 """
 
 from __future__ import annotations
@@ -84,10 +86,16 @@ def evaluate(cfg: DictConfig) -> dict:
         if cfg.get("feature_importance") and split == "random" and hasattr(model, "permutation_importance"):
             write_importance(model, test, datamodule.labels["test"], out_dir / "figures", model_key)
     predictions = pd.concat(tables, ignore_index=True)
+    entry_path = out_dir / f"{model_key}.yml"
     predictions_path = out_dir / "predictions" / f"{model_key}.parquet"
+    if not cfg.get("overwrite") and (entry_path.exists() or predictions_path.exists()):
+        raise FileExistsError(
+            f"{entry_path} or its predictions already exist; refusing to overwrite a leaderboard entry "
+            "(pass overwrite=true to replace it, or another leaderboard_dir / model_key)"
+        )
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_parquet(predictions_path, index=False)
-    root = out_dir.resolve().parent
+    root = out_dir.resolve()  # predictions paths are relative to the entry's folder
     task = summary["task"]
     entry = {
         "model_key": model_key,
@@ -115,7 +123,6 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     entry = json.loads(json.dumps(entry, default=str))  # plain types only in the YAML
     leaderboard.check_entry(entry, root, label=model_key)
-    entry_path = out_dir / f"{model_key}.yml"
     entry_path.write_text(yaml.safe_dump(entry, sort_keys=False, allow_unicode=True))
     for split, values in entry["metrics"].items():
         shown = ", ".join(f"{k} {v['value']:.4g}" for k, v in values.items() if k != "n")

@@ -8,6 +8,6 @@ for task in ${TASKS:-anharmonicity freq_shift}; do
   for model in ${MODELS:-mean harmonic descriptor cgcnn schnet m3gnet}; do
     echo "=== $task $model"
     .venv/bin/python train.py model=$model task=$task hydra.run.dir=logs/train/$model-$task/final || continue
-    .venv/bin/python evaluate.py ckpt_path=logs/train/$model-$task/final hydra.run.dir=logs/evaluate/$model-$task
+    .venv/bin/python evaluate.py ckpt_path=logs/train/$model-$task/final leaderboard_dir=leaderboard overwrite=true hydra.run.dir=logs/evaluate/$model-$task
   done
 done

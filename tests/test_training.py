@@ -193,7 +193,7 @@ def test_every_model_trains_one_step_and_becomes_a_valid_leaderboard_entry(hydra
     entry = evaluate.evaluate(eval_cfg)
     saved = yaml.safe_load((tmp_path / "lb" / f"{entry['model_key']}.yml").read_text())
     assert saved == entry and entry["model_key"] == evaluate.model_key_for(model, DATASET, "anharmonicity")
-    leaderboard.validate_all(tmp_path / "lb", root=tmp_path)  # schema, ids against the dataset, metrics rescored
+    leaderboard.validate_all(tmp_path / "lb")  # schema, ids against the dataset, metrics rescored
     assert {"random", "ood"} == set(entry["metrics"])
 
 
@@ -235,21 +235,69 @@ def test_entry_with_wrong_dataset_version_or_tampered_metrics_is_rejected(hydra_
     entry = evaluate.evaluate(run_config("evaluate.yaml", [f"ckpt_path={tmp_path / 'run'}",
                                                            f"leaderboard_dir={tmp_path / 'lb'}", cache], tmp_path / "e"))
     path = tmp_path / "lb" / f"{entry['model_key']}.yml"
-    leaderboard.validate_all(tmp_path / "lb", root=tmp_path)
+    leaderboard.validate_all(tmp_path / "lb")
     markdown, figure = leaderboard.render(tmp_path / "lb", tmp_path / "LEADERBOARD.md")
     assert f"[mean](leaderboard/{entry['model_key']}.yml)" in markdown.read_text() and figure.stat().st_size > 0
     path.write_text(yaml.safe_dump(entry | {"dataset": {"name": DATASET, "version": "0.0-old"}}))
     with pytest.raises(leaderboard.LeaderboardError, match="dataset-version mismatch"):
-        leaderboard.validate_all(tmp_path / "lb", root=tmp_path)
+        leaderboard.validate_all(tmp_path / "lb")
     tampered = yaml.safe_load(yaml.safe_dump(entry))
     tampered["metrics"]["random"]["mae"]["value"] /= 2
     path.write_text(yaml.safe_dump(tampered))
     with pytest.raises(leaderboard.LeaderboardError, match="not reproduced"):
-        leaderboard.validate_all(tmp_path / "lb", root=tmp_path)
+        leaderboard.validate_all(tmp_path / "lb")
     missing = {k: v for k, v in entry.items() if k != "hardware"}
     path.write_text(yaml.safe_dump(missing))
     with pytest.raises(leaderboard.LeaderboardError, match="hardware"):
-        leaderboard.validate_all(tmp_path / "lb", root=tmp_path)
+        leaderboard.validate_all(tmp_path / "lb")
+
+
+def fake_perfect_score(entry: dict, folder: Path) -> dict:
+    """What a cheater does: targets := predictions, metrics and checksum recomputed to match."""
+    predictions_path = folder / entry["predictions"]["path"]
+    predictions = pd.read_parquet(predictions_path)
+    predictions["target"] = predictions["prediction"]
+    predictions.to_parquet(predictions_path, index=False)
+    faked = yaml.safe_load(yaml.safe_dump(entry))
+    faked["metrics"] = leaderboard.score_predictions(predictions, faked["task"])
+    faked["predictions"]["sha256"] = leaderboard.sha256_of(predictions_path)
+    return faked
+
+
+@needs_data
+def test_leaderboard_takes_targets_from_the_dataset_and_refuses_fakes(hydra_conf, tmp_path, shared):
+    import evaluate
+    import train
+
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    train.train(run_config("train.yaml", ["model=mean", f"data.dataset={DATASET}", cache], tmp_path / "run"))
+    eval_overrides = [f"ckpt_path={tmp_path / 'run'}", f"leaderboard_dir={tmp_path / 'lb'}", cache]
+    entry = evaluate.evaluate(run_config("evaluate.yaml", eval_overrides, tmp_path / "e"))
+    path = tmp_path / "lb" / f"{entry['model_key']}.yml"
+    assert leaderboard.validate_all(path) == 1  # a single entry file, predictions relative to its folder
+
+    # A second evaluation never replaces the entry silently.
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        evaluate.evaluate(run_config("evaluate.yaml", eval_overrides, tmp_path / "e2"))
+    evaluate.evaluate(run_config("evaluate.yaml", [*eval_overrides, "overwrite=true"], tmp_path / "e3"))
+
+    faked = fake_perfect_score(entry, tmp_path / "lb")
+    assert faked["metrics"]["random"]["mae"]["value"] == 0.0
+    path.write_text(yaml.safe_dump(faked))
+    with pytest.raises(leaderboard.LeaderboardError, match="target column differs from the dataset"):
+        leaderboard.validate_all(tmp_path / "lb")
+
+    relabelled = yaml.safe_load(yaml.safe_dump(entry))
+    relabelled["task"]["name"] = "freq_shift"  # an anharmonicity entry passed off as another task
+    path.write_text(yaml.safe_dump(relabelled))
+    with pytest.raises(leaderboard.LeaderboardError, match="task 'freq_shift' has target 'mean_relative_frequency_shift'"):
+        leaderboard.validate_all(tmp_path / "lb")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(leaderboard.LeaderboardError, match="no leaderboard entries"):
+        leaderboard.validate_all(tmp_path / "empty")
+    with pytest.raises(leaderboard.LeaderboardError, match="no such entry file or folder"):
+        leaderboard.validate_all(tmp_path / "missing")
 
 
 def test_matgl_net_starts_from_the_potential_weights(shared):
@@ -271,4 +319,4 @@ def test_matgl_net_starts_from_the_potential_weights(shared):
 @pytest.mark.skipif(not list((REPO / "leaderboard").glob("*.yml")), reason="no committed leaderboard entries")
 def test_committed_leaderboard_is_valid_against_the_embedded_dataset():
     """Fails when the embedded dataset changed under the entries (new rows, new version): re-run them."""
-    assert leaderboard.validate_all(REPO / "leaderboard", root=REPO) > 0
+    assert leaderboard.validate_all(REPO / "leaderboard") > 0

@@ -139,12 +139,56 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def official_task(name: str) -> dict:
+    """The task definition ``conf/task/<name>.yaml`` (name, target column, kind, unit, threshold)."""
+    path = REPO_ROOT / "conf" / "task" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (REPO_ROOT / "conf" / "task").glob("*.yaml"))
+        raise LeaderboardError(f"unknown task {name!r}; the benchmark's tasks are {known}")
+    return yaml.safe_load(path.read_text())
+
+
+def check_task(task: dict, label: str) -> None:
+    """An entry's task must be the benchmark's task of that name: same target column, kind, unit, threshold."""
+    official = official_task(task["name"])
+    for key in ("target", "kind", "unit", "threshold"):
+        if task.get(key) != official.get(key):
+            raise LeaderboardError(
+                f"{label}: task {task['name']!r} has {key} {official.get(key)!r}, the entry says {task.get(key)!r}"
+            )
+
+
+def with_dataset_targets(predictions: pd.DataFrame, expected: pd.DataFrame, label: str) -> pd.DataFrame:
+    """``predictions`` with ``target`` taken from the dataset by (material_id, temperature_K).
+
+    A submission's own ``target`` column is never trusted: where it disagrees with the dataset the
+    entry is refused, since its metrics were computed against something else.
+    """
+    truth = expected[[*KEY_COLUMNS, "target"]].rename(columns={"target": "_truth"})
+    keyed = predictions.assign(material_id=predictions["material_id"].astype(str), temperature_K=predictions["temperature_K"].astype(float))
+    merged = keyed.merge(truth.assign(material_id=truth["material_id"].astype(str), temperature_K=truth["temperature_K"].astype(float)),
+                         on=list(KEY_COLUMNS), how="left", validate="one_to_one")
+    if "target" in merged.columns:
+        submitted = pd.to_numeric(merged["target"], errors="coerce").to_numpy(float)
+        truth_values = merged["_truth"].to_numpy(float)
+        wrong = ~np.isclose(submitted, truth_values, rtol=MATCH_TOLERANCE, atol=MATCH_TOLERANCE)
+        if wrong.any():
+            examples = [tuple(merged.loc[i, list(KEY_COLUMNS)]) for i in np.flatnonzero(wrong)[:3]]
+            raise LeaderboardError(
+                f"{label}: the predictions file's target column differs from the dataset's labels for {int(wrong.sum())} "
+                f"rows, e.g. {examples}; targets are taken from the dataset"
+            )
+    return merged.drop(columns=[c for c in ("target",) if c in merged.columns]).rename(columns={"_truth": "target"})
+
+
 def check_entry(entry: dict, root: Path = REPO_ROOT, expected: dict[str, pd.DataFrame] | None = None,
                 dataset_version: str | None = None, label: str = "entry") -> None:
-    """Validate one entry: schema, metric names for its task kind, predictions file and its metrics.
+    """Validate one entry: schema, its task, predictions file and its metrics.
 
     Args:
-        expected: per split configuration, the test rows the predictions must cover (optional).
+        root: the folder the predictions path is relative to (the entry's own folder).
+        expected: per split configuration, the test rows the predictions must cover and their true
+            targets (``target`` column). Given, the metrics are recomputed against these targets.
         dataset_version: the version of the dataset the leaderboard is scored on (optional).
     """
     import jsonschema
@@ -154,6 +198,7 @@ def check_entry(entry: dict, root: Path = REPO_ROOT, expected: dict[str, pd.Data
     except jsonschema.ValidationError as error:
         where = "/".join(map(str, error.absolute_path)) or "top level"
         raise LeaderboardError(f"{label}: schema violation at {where}: {error.message}") from None
+    check_task(entry["task"], label)
     kind = entry["task"]["kind"]
     allowed = set(metrics.CLASSIFICATION_METRICS if kind == "classification" else metrics.REGRESSION_METRICS) | {"n"}
     for split, values in entry["metrics"].items():
@@ -174,11 +219,17 @@ def check_entry(entry: dict, root: Path = REPO_ROOT, expected: dict[str, pd.Data
     if sha256_of(path) != entry["predictions"]["sha256"]:
         raise LeaderboardError(f"{label}: predictions file {path} does not match its sha256 in the entry")
     predictions = pd.read_parquet(path)
+    checked = []
     for split, group in predictions.groupby("split"):
         if expected is not None and split in expected:
             validate_predictions(group, expected[split], entry["dataset"]["version"], f"{label} ({split})")
+            group = with_dataset_targets(group, expected[split], f"{label} ({split})")
+        elif expected is not None:
+            raise LeaderboardError(f"{label}: predictions for split {split!r}, which the dataset does not have")
         elif not np.isfinite(group["prediction"].to_numpy(float)).all():
             raise LeaderboardError(f"{label} ({split}): NaN or infinite predictions")
+        checked.append(group)
+    predictions = pd.concat(checked, ignore_index=True)
     rescored = score_predictions(predictions, entry["task"])
     if sorted(rescored) != sorted(entry["metrics"]):
         raise LeaderboardError(f"{label}: metrics for {sorted(entry['metrics'])} but predictions for {sorted(rescored)}")
@@ -194,12 +245,31 @@ def check_entry(entry: dict, root: Path = REPO_ROOT, expected: dict[str, pd.Data
                 )
 
 
-def load_entries(directory: Path) -> list[tuple[Path, dict]]:
-    return [(path, yaml.safe_load(path.read_text())) for path in sorted(Path(directory).glob("*.yml"))]
+def load_entries(path: Path) -> list[tuple[Path, dict]]:
+    """Entries of a ``.yml`` file or of every ``*.yml`` in a folder; a missing or empty folder is an error."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(path.glob("*.yml"))
+        if not files:
+            raise LeaderboardError(f"{path}: no leaderboard entries (*.yml) in this folder")
+    else:
+        raise LeaderboardError(f"{path}: no such entry file or folder")
+    entries = []
+    for file in files:
+        try:
+            entries.append((file, yaml.safe_load(file.read_text())))
+        except yaml.YAMLError as error:
+            raise LeaderboardError(f"{file.name}: not valid YAML ({error})") from None
+    return entries
 
 
-def validate_all(directory: Path = REPO_ROOT / "leaderboard", root: Path = REPO_ROOT, with_dataset: bool = True) -> int:
-    """Check every entry; with ``with_dataset`` also against the embedded dataset's test splits and version."""
+def validate_all(directory: Path = REPO_ROOT / "leaderboard", root: Path | None = None, with_dataset: bool = True) -> int:
+    """Check every entry of a folder (or one entry file) against the dataset's test splits, labels and version.
+
+    Predictions paths are relative to each entry's folder (``root`` overrides that).
+    """
     entries = load_entries(directory)
     keys = [entry.get("model_key") for _, entry in entries]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
@@ -210,25 +280,33 @@ def validate_all(directory: Path = REPO_ROOT / "leaderboard", root: Path = REPO_
         expected, version = None, None
         if with_dataset:
             name = entry.get("dataset", {}).get("name", "thermobench-mini")
-            task = entry.get("task", {})
-            if (name, task.get("target")) not in cache:
-                cache[(name, task.get("target"))] = _expected_rows(name, task.get("target"))
-            expected, version = cache[(name, task.get("target"))]
-        check_entry(entry, root, expected, version, label=path.name)
+            task_name = entry.get("task", {}).get("name")
+            if (name, task_name) not in cache:
+                cache[(name, task_name)] = _expected_rows(name, task_name)
+            expected, version = cache[(name, task_name)]
+        check_entry(entry, root or path.parent, expected, version, label=path.name)
         if path.stem != entry["model_key"]:
             raise LeaderboardError(f"{path.name}: file name must be <model_key>.yml ({entry['model_key']}.yml)")
     return len(entries)
 
 
-def _expected_rows(dataset: str, target: str) -> tuple[dict[str, pd.DataFrame], str]:
+def _expected_rows(dataset: str, task_name: str) -> tuple[dict[str, pd.DataFrame], str]:
+    """Per split configuration: the labelled test rows and their true targets (from the official task)."""
     from thermobench.datamodule import SPLIT_CONFIGS, load_frame
+    from thermobench.tasks import Task
+
+    official = official_task(task_name)
+    task = Task(**{k: v for k, v in official.items() if k != "_target_"})
+    target = task.target
 
     expected, versions = {}, set()
     for split in SPLIT_CONFIGS:
         frame = load_frame(dataset, split, "test")
         versions |= set(frame["dataset_version"].astype(str))
-        labelled = np.isfinite(pd.to_numeric(frame[target], errors="coerce").to_numpy(float))
-        expected[split] = frame.loc[labelled, list(KEY_COLUMNS)]
+        if target not in frame.columns:
+            raise LeaderboardError(f"{dataset}: no column {target!r} to score against")
+        labelled = frame.loc[np.isfinite(pd.to_numeric(frame[target], errors="coerce").to_numpy(float))]
+        expected[split] = labelled[list(KEY_COLUMNS)].assign(target=task.labels(labelled))
     if len(versions) != 1:
         raise LeaderboardError(f"{dataset}: test splits hold several dataset versions {sorted(versions)}")
     return expected, versions.pop()
@@ -320,11 +398,14 @@ def _plot(panels, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m thermobench.leaderboard", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["validate", "render"])
-    parser.add_argument("--dir", type=Path, default=REPO_ROOT / "leaderboard")
+    parser.add_argument("--dir", type=Path, default=REPO_ROOT / "leaderboard", help="a folder of entries, or one entry file")
     parser.add_argument("--markdown", type=Path, default=REPO_ROOT / "LEADERBOARD.md")
     args = parser.parse_args(argv)
     if args.command == "validate":
-        print(f"{validate_all(args.dir)} entries valid")
+        try:
+            print(f"{validate_all(args.dir)} entries valid")
+        except LeaderboardError as error:
+            raise SystemExit(f"invalid: {error}") from None
     else:
         validate_all(args.dir)
         markdown, figure = render(args.dir, args.markdown)

@@ -59,7 +59,12 @@ def read_records(run_folder: Path) -> tuple[dict, list[dict], list[dict]]:
     manifest = json.loads((run_folder / "manifest.json").read_text())
     ok, failed = [], []
     for path in sorted((run_folder / "records").glob("*.json")):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InvalidRecordError(
+                f"{path}: truncated or corrupt record ({error}); delete it and rerun the generator to recompute it"
+            ) from None
         if record.get("settings_fingerprint", manifest["settings_fingerprint"]) != manifest["settings_fingerprint"]:
             raise InvalidRecordError(f"{path} was made with other settings than {run_folder}/manifest.json")
         (ok if record["status"] == "ok" else failed).append(record)
@@ -117,13 +122,18 @@ def build_dataset_dicts(rows: list[dict]):
     return out
 
 
-def assemble(run_folder: Path, out_folder: Path, title: str = "thermobench-mini") -> dict:
+def assemble(run_folder: Path, out_folder: Path, title: str | None = None) -> dict:
+    """Write the dataset of a run folder; ``title`` defaults to the output folder's name."""
     run_folder = find_run_folder(Path(run_folder))
     out_folder = Path(out_folder)
+    title = title or out_folder.resolve().name
     manifest, ok, failed = read_records(run_folder)
     rows = [row for record in ok for row in record["rows"]]
     if not rows:
         raise InvalidRecordError(f"{run_folder} has no finished material yet")
+    versions = sorted({str(row.get("dataset_version")) for row in rows})
+    if len(versions) != 1:
+        raise InvalidRecordError(f"{run_folder}: rows of several dataset versions {versions}; one dataset has one version")
     validate_rows(rows)
     import datasets
 
@@ -334,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m generate.assemble", description=__doc__.split("\n")[0])
     parser.add_argument("run_folder", help="run folder (<out_dir>/<fingerprint>) or an out_dir with one run")
     parser.add_argument("out_folder", help="dataset folder to write (Parquet + README.md)")
-    parser.add_argument("--title", default="thermobench-mini")
+    parser.add_argument("--title", default=None, help="dataset name in the card (default: the out_folder's name)")
     args = parser.parse_args(argv)
     stats = assemble(Path(args.run_folder), Path(args.out_folder), args.title)
     print(

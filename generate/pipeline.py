@@ -51,8 +51,11 @@ def settings_from_config(cfg) -> dict:
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    keys = ("potential", "temperatures_K", "supercell", "relax", "harmonic", "sscha", "kappa", "targets", "dos", "seed")
+    # dataset_version is part of the fingerprint: another version never writes into this run's folder.
+    keys = ("potential", "temperatures_K", "supercell", "relax", "harmonic", "sscha", "kappa", "targets", "dos", "seed",
+            "dataset_version")
     settings = {k: container[k] for k in keys}
+    settings["dataset_version"] = str(settings["dataset_version"])
     settings["temperatures_K"] = [float(t) for t in settings["temperatures_K"]]
     settings["record_version"] = RECORD_VERSION
     from thermobench.dataset import SCHEMA_VERSION

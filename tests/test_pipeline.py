@@ -87,6 +87,15 @@ def test_kill_midway_and_resume_loses_and_recomputes_nothing(tmp_path):
     assert changed.n_done == 1 and len([p for p in out.iterdir() if (p / "manifest.json").is_file()]) == 2
 
 
+def test_dataset_version_is_part_of_the_settings_fingerprint():
+    from generate.pipeline import fingerprint, settings_from_config
+
+    first = settings_from_config(compose("dataset_version=0.1.0"))
+    second = settings_from_config(compose("dataset_version=0.2.0"))
+    assert first["dataset_version"] == "0.1.0"
+    assert fingerprint(first, "sha") != fingerprint(second, "sha")
+
+
 def test_broken_file_and_unsupported_element_give_failure_records(tmp_path):
     from ase.build import bulk
     from ase.io import write
@@ -126,6 +135,8 @@ def test_two_crystals_end_to_end_on_local_ray(tmp_path):
     assert (summary.n_done, summary.n_failed) == (2, 0)
     stats = assemble(out, tmp_path / "dataset")
     assert stats["n_materials"] == 2 and stats["n_rows"] == 6
+    assert "pretty_name: dataset" in (tmp_path / "dataset" / "README.md").read_text()  # titled by its folder
+    check_assemble_refuses_broken_records(out, tmp_path)
     loaded = load_dataset(str(tmp_path / "dataset"), name="random")
     seen = {}
     for split, dataset in loaded.items():
@@ -141,6 +152,25 @@ def test_two_crystals_end_to_end_on_local_ray(tmp_path):
         # EMT copper hardens slightly with temperature in the SSCHA: shifts are small and positive.
         assert 0 < row["mean_relative_frequency_shift"] < 0.2
         assert len(row["renormalized_frequencies_THz"]) == 3 * row["n_supercell_atoms"]
+
+
+def check_assemble_refuses_broken_records(out: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from generate.assemble import InvalidRecordError, assemble
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out, mixed)
+    first, second = sorted(mixed.glob("*/records/*.json"))
+    record = json.loads(second.read_text())
+    for row in record["rows"]:
+        row["dataset_version"] = "9.9.9"
+    second.write_text(json.dumps(record))
+    with pytest.raises(InvalidRecordError, match="several dataset versions"):
+        assemble(mixed, tmp_path / "mixed-dataset")
+    first.write_text(first.read_text()[:100])  # a record cut short
+    with pytest.raises(InvalidRecordError, match=f"{first.name}: truncated or corrupt record"):
+        assemble(mixed, tmp_path / "mixed-dataset")
 
 
 # ----------------------------------------------------------------------------------------------

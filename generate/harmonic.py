@@ -31,6 +31,19 @@ class HarmonicSettings:
     temperatures_K: tuple[float, ...] = (0.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 800.0, 1000.0)
     imaginary_tolerance_THz: float = IMAGINARY_TOLERANCE_THZ
 
+    def __post_init__(self):
+        from generate import checks
+
+        checks.positive(self.supercell_min_length_A, "harmonic.supercell_min_length_A")
+        if self.supercell_matrix is not None:
+            checks.supercell_matrix(self.supercell_matrix, "harmonic.supercell_matrix")
+        checks.positive(self.displacement_A, "harmonic.displacement_A")
+        checks.positive(self.symprec, "harmonic.symprec")
+        checks.choice(self.fc_method, "harmonic.fc_method", ("finite_displacement", "hessian"))
+        checks.mesh(self.q_mesh, "harmonic.q_mesh")
+        checks.temperatures(self.temperatures_K, "harmonic.temperatures_K")
+        checks.positive(self.imaginary_tolerance_THz, "harmonic.imaginary_tolerance_THz", strict=False)
+
 
 @dataclass(frozen=True)
 class Thermodynamics:

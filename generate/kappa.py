@@ -28,6 +28,7 @@ raised. Units: κ in W/(m·K), frequencies in THz, force constants in eV/Å², e
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,8 @@ import numpy as np
 from ase import Atoms
 
 TENSOR_COMPONENTS = ("xx", "yy", "zz", "yz", "xz", "xy")  # phono3py's Voigt order of κ
+
+log = logging.getLogger("thermobench.kappa")  # progress; the CLI shows it on stderr
 
 
 class Phono3pyFailure(RuntimeError):
@@ -66,6 +69,31 @@ class KappaSettings:
     n_frequency_bins: int = 20  # per-mode contribution summary
     max_atoms_per_chunk: int = 2048
     seed: int = 0
+
+    def __post_init__(self):
+        from generate import checks
+
+        for index, value in enumerate(checks.temperatures(self.temperatures_K, "kappa.temperatures_K")):
+            if value == 0:
+                raise checks.SettingsError(
+                    f"kappa.temperatures_K[{index}] = 0 K: no phonons are excited to scatter, the RTA κ is infinite; use T > 0"
+                )
+        checks.mesh(self.q_mesh, "kappa.q_mesh")
+        checks.choice(self.method, "kappa.method", ("rta", "wigner"))
+        checks.choice(self.unit_cell, "kappa.unit_cell", ("given", "conventional"))
+        for name in ("fc3_supercell_matrix", "fc2_supercell_matrix"):
+            if getattr(self, name) is not None:
+                checks.supercell_matrix(getattr(self, name), f"kappa.{name}")
+        checks.choice(self.fc3_method, "kappa.fc3_method", ("finite_displacement", "random_fit"))
+        if self.fc3_cutoff_A is not None:
+            checks.positive(self.fc3_cutoff_A, "kappa.fc3_cutoff_A")
+        checks.positive(self.fc3_displacement_A, "kappa.fc3_displacement_A")
+        if self.fc3_n_snapshots is not None:
+            checks.positive(self.fc3_n_snapshots, "kappa.fc3_n_snapshots", integer=True)
+        checks.positive(self.fc2_displacement_A, "kappa.fc2_displacement_A")
+        checks.positive(self.symprec, "kappa.symprec")
+        checks.positive(self.imaginary_tolerance_THz, "kappa.imaginary_tolerance_THz", strict=False)
+        checks.positive(self.n_frequency_bins, "kappa.n_frequency_bins", integer=True)
 
 
 @dataclass(frozen=True)
@@ -641,12 +669,17 @@ def compute_kappa(
     if fc2_harmonic is not None:
         fc2_harmonic = prepare(fc2_harmonic, "fc2_harmonic")
     else:
+        log.info("harmonic FC2: %d-atom supercell", n_fc2)
         fc2_harmonic, evaluations = harmonic_fc2_from_potential(ph3, potential, settings)
+    log.info("FC3 (%s) in the %d-atom supercell", settings.fc3_method, len(ph3.supercell))
     try:
         report = fc3_from_potential(ph3, potential, settings)
     except Phono3pyFailure as error:
         return _failed(settings, str(error), None, evaluations, start)
     evaluations += report.n_potential_evaluations
+    log.info("FC3 done (%d potential evaluations, %.0f s); κ (%s) on a %s q-mesh at %s K",
+             report.n_potential_evaluations, report.wall_time_s, settings.method, "x".join(map(str, settings.q_mesh)),
+             ", ".join(f"{t:g}" for t in settings.temperatures_K))
     result = kappa_from_phono3py(
         ph3, settings, fc2_harmonic=fc2_harmonic, fc2_renormalized=fc2_renormalized, fc3_report=report,
         n_potential_evaluations=evaluations,
@@ -804,6 +837,8 @@ def read_nac_params(born_file, atoms: Atoms, settings: KappaSettings) -> dict:
 
 def run_from_config(cfg) -> tuple[KappaResult, dict]:
     """Relax (optional), SSCHA per temperature (optional), κ; returns the result and the JSON record."""
+    from pathlib import Path
+
     from omegaconf import OmegaConf
 
     from generate.pipeline import load_model
@@ -811,21 +846,34 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
     from generate.sscha import SSCHASettings, run_sscha
     from thermobench.structures import load_structure
 
+    from generate import checks
+    from thermobench.potentials import check_structure
+
+    # Every setting is checked before the structure is read or a potential evaluated.
     settings = settings_from_dict(OmegaConf.to_container(cfg.kappa, resolve=True))
+    sscha_cfg = OmegaConf.to_container(cfg.sscha, resolve=True)
+    sscha_enabled, supercell = sscha_cfg.pop("enabled"), sscha_cfg.pop("supercell")
+    sscha_settings = {}
+    if sscha_enabled:
+        checks.supercell_matrix(supercell, "sscha.supercell")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in sscha_cfg.items()}
+        sscha_settings = {t: SSCHASettings(**values, temperature_K=t) for t in settings.temperatures_K}
+    if cfg.get("born_file") and not Path(cfg.born_file).is_file():
+        raise FileNotFoundError(f"born_file {cfg.born_file} does not exist")
     atoms = load_structure(str(cfg.structure))
     loaded = load_model(str(cfg.potential), device=cfg.device)  # a matgl checkpoint, or EMT (tests)
+    check_structure(atoms, loaded.element_types, str(cfg.structure))
     potential = loaded.model
     if cfg.relax:
+        log.info("relaxing %s", atoms.get_chemical_formula())
         atoms = relax(atoms, loaded.calculator, RelaxSettings()).atoms
     nac_params = read_nac_params(cfg.born_file, atoms, settings) if cfg.get("born_file") else None
-    sscha_cfg = OmegaConf.to_container(cfg.sscha, resolve=True)
     kwargs, sscha_summary = {}, []
-    if sscha_cfg.pop("enabled"):
-        supercell = sscha_cfg.pop("supercell")
+    if sscha_enabled:
         fc2_by_temperature = {}
         for temperature in settings.temperatures_K:
-            values = {k: tuple(v) if isinstance(v, list) else v for k, v in sscha_cfg.items()}
-            sscha = run_sscha(atoms, potential, supercell, SSCHASettings(**values, temperature_K=temperature))
+            log.info("SSCHA at %g K (renormalized FC2)", temperature)
+            sscha = run_sscha(atoms, potential, supercell, sscha_settings[temperature])
             fc2_by_temperature[float(temperature)] = sscha.force_constants_eV_A2
             kwargs.update(fc2_supercell=sscha.supercell, fc2_harmonic=sscha.harmonic_force_constants_eV_A2)
             sscha_summary.append({"temperature_K": temperature, "converged": sscha.converged, "status": sscha.status,
@@ -845,6 +893,7 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
 def main(argv: list[str] | None = None) -> KappaResult:
     from generate.sscha import write_json_atomically
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(argv)
     result, record = run_from_config(cfg)
     write_json_atomically(cfg.out, record)

@@ -22,7 +22,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,36 @@ def settings_from_config(cfg) -> dict:
 
     settings["schema_version"] = SCHEMA_VERSION
     return settings
+
+
+def check_settings(settings: dict) -> None:
+    """Every numerical setting, checked before the first material; ``SettingsError`` names the field."""
+    from generate import checks
+    from generate.harmonic import HarmonicSettings
+    from generate.relax import RelaxSettings
+    from generate.sscha import SSCHASettings
+
+    quantum = bool(settings["sscha"].get("quantum", True))
+    temperatures = checks.temperatures(settings["temperatures_K"], "temperatures_K", quantum=quantum)
+    sc = settings["supercell"]
+    checks.atom_budget(sc["min_atoms"], sc["max_atoms"])
+    if sc.get("matrix") is not None:
+        checks.supercell_matrix(sc["matrix"], "supercell.matrix")
+    h = settings["harmonic"]
+    RelaxSettings(**{**settings["relax"], "symprec": h["symprec"]})
+    HarmonicSettings(displacement_A=h["displacement_A"], symprec=h["symprec"], q_mesh=tuple(h["q_mesh"]),
+                     imaginary_tolerance_THz=h["imaginary_tolerance_THz"], temperatures_K=temperatures)
+    for temperature in temperatures:
+        SSCHASettings(**{**settings["sscha"], "temperature_K": temperature, "seed": int(settings["seed"]),
+                         "symprec": h["symprec"], "q_mesh": tuple(h["q_mesh"]), "displacement_A": h["displacement_A"]})
+    if settings["kappa"].get("enabled"):
+        from generate.kappa import settings_from_dict
+
+        values = {k: v for k, v in settings["kappa"].items() if k != "enabled"}
+        settings_from_dict({**values, "temperatures_K": list(temperatures)})
+    checks.positive(settings["dos"]["sigma_THz"], "dos.sigma_THz")
+    checks.positive(settings["dos"]["n_points"], "dos.n_points", integer=True, minimum=2, strict=False)
+    checks.positive(settings["targets"]["shift_min_frequency_THz"], "targets.shift_min_frequency_THz", strict=False)
 
 
 def fingerprint(settings: dict, potential_sha256: str) -> str:
@@ -141,6 +171,8 @@ def choose_supercell(atoms, min_atoms: int, max_atoms: int, matrix=None) -> np.n
         m = np.array(matrix, dtype=int)
         return np.diag(m) if m.ndim == 1 else m
     n = len(atoms)
+    if n > max_atoms:
+        raise ValueError(f"supercell.max_atoms = {max_atoms} is below the {n} atoms of the cell itself")
     below = np.eye(3, dtype=int)
     for length in np.arange(0.5, 80.0, 0.25):
         m = supercell_matrix_for_min_length(atoms, float(length))
@@ -269,6 +301,10 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     atoms = _stage("load", material.atoms)
     loaded = potential if potential is not None else _stage("potential", load_model, settings["potential"], device)
     _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})")
+    sc = settings["supercell"]
+    _stage("check", choose_supercell, atoms, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"))  # before the relaxation
+    if material.source == "file":  # a file's name says nothing reliable about its formula
+        material = replace(material, formula=atoms.get_chemical_formula("metal", empirical=True))
 
     symprec = settings["harmonic"]["symprec"]
     relax_settings = RelaxSettings(**{**settings["relax"], "symprec": symprec})
@@ -276,7 +312,6 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     cell = relaxed.atoms
     cell.calc = None
 
-    sc = settings["supercell"]
     matrix = choose_supercell(cell, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"))
     temperatures = [float(t) for t in settings["temperatures_K"]]
     h = settings["harmonic"]
@@ -621,6 +656,7 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
 
     start = time.time()
     settings = settings_from_config(cfg)
+    check_settings(settings)
     materials = materials if materials is not None else materials_from_config(cfg.source)
     ids = [m.material_id for m in materials]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -22,6 +22,17 @@ class RelaxSettings:
     keep_symmetry: bool = True
     symprec: float = 1e-5
 
+    def __post_init__(self):
+        from ase import optimize
+
+        from generate import checks
+
+        if not isinstance(getattr(optimize, str(self.optimizer), None), type):
+            raise checks.SettingsError(f"relax.optimizer {self.optimizer!r} is not an ASE optimizer (e.g. BFGS, FIRE, LBFGS)")
+        checks.positive(self.fmax_eV_A, "relax.fmax_eV_A")
+        checks.positive(self.max_steps, "relax.max_steps", integer=True, strict=False)
+        checks.positive(self.symprec, "relax.symprec")
+
 
 @dataclass(frozen=True)
 class RelaxResult:
@@ -98,11 +109,14 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path="../conf", config_name="relax")
     def run(cfg: DictConfig) -> None:
-        from thermobench.potentials import load_calculator
+        from thermobench.potentials import check_structure, load_calculator
         from thermobench.structures import load_structure
 
+        settings = RelaxSettings(**cfg.relax)  # checked before anything is read
         atoms = load_structure(cfg.structure)
-        result = relax(atoms, load_calculator(cfg.potential, device=cfg.device), RelaxSettings(**cfg.relax))
+        calculator = load_calculator(cfg.potential, device=cfg.device)
+        check_structure(atoms, calculator.potential.model.element_types, str(cfg.structure))
+        result = relax(atoms, calculator, settings)
         status = "converged" if result.converged else "NOT converged"
         print(f"{atoms.get_chemical_formula()} relaxed with {cfg.potential}: {status} in {result.steps} steps")
         try:

@@ -24,18 +24,6 @@ def builtin_source(families=None, ids=None, limit: int | None = None) -> list[Ma
     return materials[:limit] if limit is not None else materials
 
 
-def _read_structure(path: Path) -> Atoms:
-    from ase.io import read
-
-    try:
-        atoms = read(path, index=0)
-    except Exception as error:
-        raise ValueError(f"cannot read a crystal structure from {path}: {type(error).__name__}: {error}") from error
-    if not isinstance(atoms, Atoms) or len(atoms) == 0:
-        raise ValueError(f"{path} holds no atoms")
-    return atoms
-
-
 def _formula_guess(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", path.stem) or path.stem
 
@@ -78,7 +66,9 @@ class _FileBuilder:
         self.path = Path(path)
 
     def __call__(self) -> Atoms:
-        return _read_structure(self.path)
+        from thermobench.structures import read_structure_file
+
+        return read_structure_file(self.path)
 
 
 class _AtomsBuilder:

@@ -26,6 +26,7 @@ and the Gaussian's mode variances are those of independent oscillators.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -33,6 +34,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 
+log = logging.getLogger("thermobench.sscha")  # step-by-step progress; the CLI shows it on stderr
 HBAR_EV_T = units._hbar * units.J * units.second  # ħ in eV × ASE time units
 THZ_PER_OMEGA = units.second / (2 * np.pi * 1e12)  # angular frequency in ASE units -> THz
 UNSTABLE_TOLERANCE_THZ = 0.1  # as in generate.harmonic: ML potentials leave ±0.1 THz of noise
@@ -60,6 +62,27 @@ class SSCHASettings:
     n_error_batches: int = 10  # batches of antithetic pairs for the stochastic errors
     max_atoms_per_chunk: int = 2048  # evaluate_batch chunk size
     seed: int = 0
+
+    def __post_init__(self):
+        from generate import checks
+
+        checks.temperature(self.temperature_K, "sscha.temperature_K", self.quantum)
+        checks.positive(self.n_configurations, "sscha.n_configurations", integer=True, minimum=2, strict=False)
+        if checks.positive(self.max_configurations, "sscha.max_configurations", integer=True) < self.n_configurations:
+            raise checks.SettingsError(
+                f"sscha.max_configurations = {self.max_configurations} is below sscha.n_configurations = {self.n_configurations}"
+            )
+        checks.positive(self.max_steps, "sscha.max_steps", integer=True)
+        checks.fraction(self.mixing, "sscha.mixing")
+        checks.fraction(self.ess_threshold, "sscha.ess_threshold")
+        checks.positive(self.gradient_error_fraction, "sscha.gradient_error_fraction")
+        if self.frequency_error_target_THz is not None:
+            checks.positive(self.frequency_error_target_THz, "sscha.frequency_error_target_THz")
+        checks.positive(self.min_frequency_THz, "sscha.min_frequency_THz", strict=False)
+        checks.positive(self.displacement_A, "sscha.displacement_A")
+        checks.positive(self.symprec, "sscha.symprec")
+        checks.mesh(self.q_mesh, "sscha.q_mesh")
+        checks.positive(self.n_error_batches, "sscha.n_error_batches", integer=True, minimum=2, strict=False)
 
 
 @dataclass(frozen=True)
@@ -709,6 +732,11 @@ def run_sscha(
                 n_stabilized_modes=n_stabilized,
                 n_potential_evaluations=evaluations,
             )
+        )
+        log.info(
+            "SSCHA %g K step %d: F = %.5f eV/atom, |gradient| %.3g (noise %.3g), %d configurations%s, %d evaluations",
+            settings.temperature_K, step, history[-1].free_energy_eV_atom, gradient_norm, gradient_error,
+            len(ensemble.energies_eV), " (new)" if fresh else "", evaluations,
         )
         at_noise = converged_gradient(
             gradient_norm, gradient_error, carried_error if fresh else 0.0, np.linalg.norm(dynamical), settings
@@ -1470,6 +1498,8 @@ def run_sscha_surrogate(
         evaluations += len(check.ensemble.energies_eV)
         surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
         shift = signed_mode_frequencies_THz(model, check.corrected_dynamical) - surrogate_frequencies
+        log.info("surrogate fit %d: %d training structures, verification shifts up to %.3f THz, %d potential evaluations",
+                 fit + 1, len(displacements), float(np.abs(shift).max()), evaluations)
         if np.abs(shift).max() <= surrogate.refit_threshold_THz or fit == surrogate.max_refits:
             break
         added = check.ensemble.centroids_A + check.ensemble.displacements_A - model.atoms.positions
@@ -1603,10 +1633,17 @@ def main(argv: list[str] | None = None) -> SSCHAResult:
     from thermobench.potentials import describe, load_calculator, load_potential
     from thermobench.structures import load_structure
 
+    from generate import checks
+    from thermobench.potentials import check_structure
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(argv)
-    settings, surrogate_settings = settings_from_config(cfg)
+    settings, surrogate_settings = settings_from_config(cfg)  # checked here, before any work
+    checks.supercell_matrix(list(cfg.supercell), "supercell")
+    checks.choice(cfg.backend, "backend", ("direct", "surrogate"))
     atoms = load_structure(str(cfg.structure))
     potential = load_potential(cfg.potential, device=cfg.device)
+    check_structure(atoms, potential.model.element_types, str(cfg.structure))
     if cfg.relax:
         atoms = relax(atoms, load_calculator(cfg.potential, device=cfg.device), RelaxSettings()).atoms
     if cfg.backend == "direct":

@@ -45,6 +45,18 @@ def load_structure(name_or_path: str) -> Atoms:
         raise FileNotFoundError(
             f"{name_or_path!r} is neither a built-in crystal ({', '.join(sorted(BUILTIN_CRYSTALS))}) nor a file"
         )
+    return read_structure_file(path)
+
+
+def read_structure_file(path: str | Path) -> Atoms:
+    """The first structure of a file ASE can read; an unreadable file raises ``ValueError`` naming it."""
     from ase.io import read
 
-    return read(path, index=0)
+    path = Path(path)
+    try:
+        atoms = read(path, index=0)
+    except Exception as error:  # ASE raises anything from StopIteration to KeyError on bad files
+        raise ValueError(f"cannot read a crystal structure from {path}: {type(error).__name__}: {error}") from None
+    if not isinstance(atoms, Atoms) or len(atoms) == 0:
+        raise ValueError(f"{path} holds no atoms")
+    return atoms

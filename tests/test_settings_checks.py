@@ -1,0 +1,126 @@
+"""Unphysical or unusable settings and structures are refused when a command starts, naming the field."""
+
+import subprocess
+import sys
+
+import pytest
+from ase import Atoms
+from ase.io import write
+
+from generate.checks import SettingsError
+from tests.test_pipeline import REPO, compose
+
+EMT = ["--potential", "EMT"]
+
+
+def kappa_main(*args):
+    from generate.kappa import main
+
+    return main(["--structure", "Cu", *EMT, "--no-relax", "--out", "unused.json", *args])
+
+
+def sscha_main(*args, potential="EMT"):
+    from generate.sscha import main
+
+    return main(["--structure", "Cu", "--potential", potential, "--no-relax", "--out", "unused.json", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperatures", "-5"], r"kappa.temperatures_K\[0\] = -5.0: a temperature in kelvin cannot be negative"),
+        (["--temperatures", "0"], r"kappa.temperatures_K\[0\] = 0 K: no phonons .* κ is infinite"),
+        (["--q-mesh", "0", "0", "0"], r"kappa.q_mesh\[0\] must be > 0"),
+        (["--fc3-supercell", "0", "2", "2"], r"kappa.fc3_supercell_matrix\[0\] must be > 0"),
+        (["--set", "kappa.fc3_supercell_matrix=[[1,0,0],[0,1,0],[1,0,0]]"], "singular"),
+        (["--set", "sscha.supercell=[2,0,2]"], r"sscha.supercell\[1\] must be > 0"),
+        (["--set", "sscha.n_configurations=abc"], "sscha.n_configurations must be a number"),
+        (["--set", "kappa.method=magic"], "kappa.method must be one of"),
+    ],
+)
+def test_kappa_refuses_bad_settings_before_any_work(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=message):
+        kappa_main(*args)
+    assert not (tmp_path / "unused.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperature", "-5"], r"sscha.temperature_K = -5.0: a temperature in kelvin cannot be negative"),
+        (["--temperature", "0", "--classical"], "0 K with classical statistics: every atom is at rest"),
+        (["--supercell", "0", "2", "2"], r"supercell\[0\] must be > 0"),
+        (["--set", "sscha.q_mesh=[0,0,0]"], r"sscha.q_mesh\[0\] must be > 0"),
+        (["--set", "sscha.max_configurations=10"], "sscha.max_configurations = 10 is below sscha.n_configurations"),
+        (["--set", "sscha.mixing=1.5"], r"sscha.mixing must lie in \(0, 1\]"),
+    ],
+)
+def test_sscha_refuses_bad_settings_before_any_work(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=message):
+        sscha_main(*args)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["temperatures_K=[-5.0]"], r"temperatures_K\[0\] = -5.0"),
+        (["supercell.min_atoms=64", "supercell.max_atoms=32"], "supercell.min_atoms = 64 exceeds supercell.max_atoms = 32"),
+        (["supercell.matrix=[[1,0,0],[0,1,0],[0,0,0]]"], "supercell.matrix .* is singular"),
+        (["harmonic.q_mesh=[0,0,0]"], r"harmonic.q_mesh\[0\] must be > 0"),
+        (["sscha.quantum=false", "temperatures_K=[0.0,300.0]"], "0 K with classical statistics"),
+        (["relax.optimizer=NoSuchOptimizer"], "relax.optimizer 'NoSuchOptimizer' is not an ASE optimizer"),
+    ],
+)
+def test_generator_checks_settings_when_it_starts(overrides, message, tmp_path):
+    from generate.pipeline import run
+
+    out = tmp_path / "run"
+    with pytest.raises(SettingsError, match=message):
+        run(compose("source.ids=[fcc-Cu]", "executor.kind=serial", f"out_dir={out}", *overrides), progress=False)
+    assert not out.exists()  # nothing was started
+
+
+def test_generator_refuses_a_cell_above_max_atoms_before_relaxing(tmp_path):
+    from ase.build import bulk
+
+    from generate.pipeline import run
+    from tests.test_pipeline import records_of
+
+    structures = tmp_path / "structures"
+    structures.mkdir()
+    write(structures / "big.cif", bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3))  # 108 atoms
+    out = tmp_path / "run"
+    summary = run(compose("source.kind=directory", f"source.directory={structures}", "executor.kind=serial",
+                          f"out_dir={out}", "supercell.max_atoms=50"), progress=False)
+    assert summary.n_failed == 1
+    (record,) = records_of(out).values()
+    assert record["stage"] == "check" and "supercell.max_atoms = 50 is below the 108 atoms" in record["reason"]
+
+
+def water(tmp_path):
+    path = tmp_path / "water.xyz"
+    write(path, Atoms("OH2", positions=[[0, 0, 0], [0.76, 0.59, 0], [-0.76, 0.59, 0]]))
+    return str(path)
+
+
+def test_structure_checks_in_sscha_and_kappa(tmp_path, monkeypatch):
+    from thermobench.potentials import UnsupportedStructureError
+
+    monkeypatch.chdir(tmp_path)
+    from generate.kappa import main as kappa
+
+    with pytest.raises(UnsupportedStructureError, match="no periodic 3D cell"):
+        kappa(["--structure", water(tmp_path), *EMT, "--out", "k.json"])
+    with pytest.raises(UnsupportedStructureError, match="no periodic 3D cell"):
+        sscha_main("--set", f"structure={water(tmp_path)}", potential="M3GNet-MP-2021.2.8-PES")
+
+
+def test_relax_names_a_molecule_and_a_corrupt_cif(tmp_path, shared):
+    broken = tmp_path / "broken.cif"
+    broken.write_text("data_broken\n_cell_length_a not-a-number\nthis is no CIF\n")
+    for structure, message in ((water(tmp_path), "no periodic 3D cell"), (str(broken), "cannot read a crystal structure from")):
+        done = subprocess.run([sys.executable, "-m", "generate.relax", f"structure={structure}", f"hydra.run.dir={tmp_path / 'h'}"],
+                              cwd=REPO, capture_output=True, text=True)
+        assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]

@@ -114,7 +114,8 @@ def run_phonopy_loop(
     from phonopy import Phonopy
     from phonopy.sscha.core import MLPSSCHA
 
-    from generate.sscha import frequencies_THz, to_matrix, to_phonopy_atoms
+    from generate.harmonic import to_phonopy_atoms
+    from generate.sscha import frequencies_THz, to_matrix
     from thermobench.potentials import UnsupportedStructureError
 
     wall0, cpu0 = time.perf_counter(), time.process_time()

@@ -116,9 +116,22 @@ def supercell_matrix_for_min_length(atoms: Atoms, min_length_A: float) -> np.nda
 def to_phonopy_atoms(atoms: Atoms):
     from phonopy.structure.atoms import PhonopyAtoms
 
-    return PhonopyAtoms(
-        symbols=atoms.get_chemical_symbols(), cell=atoms.cell.array, scaled_positions=atoms.get_scaled_positions()
+    return PhonopyAtoms(  # masses travel with the atoms (isotopes, user-set masses)
+        symbols=atoms.get_chemical_symbols(), cell=atoms.cell.array, scaled_positions=atoms.get_scaled_positions(),
+        masses=atoms.get_masses(),
     )
+
+
+def explicit_primitive_matrix(unitcell, primitive, symprec: float) -> np.ndarray:
+    """The primitive matrix as numbers: "auto" resolved by phonopy from the symmetry of ``unitcell``.
+
+    phonopy 4 warns when its "auto" default picks a non-identity cell; an explicit matrix is what
+    was meant, gives the same numbers, and keeps the output free of that warning.
+    """
+    from phonopy.structure.cells import get_primitive_matrix_with_auto
+
+    primitive = np.array(primitive) if isinstance(primitive, list | tuple) else primitive
+    return get_primitive_matrix_with_auto(unitcell, primitive, symprec=symprec)
 
 
 def to_ase_atoms(cell) -> Atoms:
@@ -134,9 +147,9 @@ def build_phonopy(atoms: Atoms, settings: HarmonicSettings):
         matrix = np.diag(matrix) if matrix.ndim == 1 else matrix
     else:
         matrix = supercell_matrix_for_min_length(atoms, settings.supercell_min_length_A)
-    primitive = settings.primitive_matrix
-    primitive = np.array(primitive) if isinstance(primitive, list | tuple) else primitive
-    return Phonopy(to_phonopy_atoms(atoms), supercell_matrix=matrix, primitive_matrix=primitive, symprec=settings.symprec)
+    unitcell = to_phonopy_atoms(atoms)
+    primitive = explicit_primitive_matrix(unitcell, settings.primitive_matrix, settings.symprec)
+    return Phonopy(unitcell, supercell_matrix=matrix, primitive_matrix=primitive, symprec=settings.symprec)
 
 
 def displaced_supercell_forces(phonon, model) -> int:

@@ -223,13 +223,12 @@ def build_phono3py(unit: Atoms, settings: KappaSettings, fc2_supercell_matrix=No
     """A Phono3py object: FC3 in ``fc3_supercell_matrix``, FC2 in ``fc2_supercell_matrix`` (default: the same)."""
     from phono3py import Phono3py
 
-    from generate.harmonic import to_phonopy_atoms
+    from generate.harmonic import explicit_primitive_matrix, to_phonopy_atoms
 
     fc3_matrix = _as_matrix(settings.fc3_supercell_matrix)
     fc2_matrix = fc2_supercell_matrix if fc2_supercell_matrix is not None else settings.fc2_supercell_matrix
     fc2_matrix = fc3_matrix if fc2_matrix is None else _as_matrix(fc2_matrix)
-    primitive = settings.primitive_matrix
-    primitive = np.array(primitive) if isinstance(primitive, list | tuple) else primitive
+    primitive = explicit_primitive_matrix(to_phonopy_atoms(unit), settings.primitive_matrix, settings.symprec)
     ph3 = Phono3py(
         to_phonopy_atoms(unit),
         supercell_matrix=fc3_matrix,
@@ -822,13 +821,13 @@ def read_nac_params(born_file, atoms: Atoms, settings: KappaSettings) -> dict:
     from phonopy import Phonopy
     from phonopy.file_IO import parse_BORN
 
-    from generate.harmonic import to_phonopy_atoms
+    from generate.harmonic import explicit_primitive_matrix, to_phonopy_atoms
 
     if not Path(born_file).is_file():
         raise FileNotFoundError(f"BORN file {born_file} does not exist")
-    primitive = settings.primitive_matrix
-    primitive = np.array(primitive) if isinstance(primitive, list | tuple) else primitive
-    phonon = Phonopy(to_phonopy_atoms(atoms), primitive_matrix=primitive, symprec=settings.symprec)
+    unitcell = to_phonopy_atoms(atoms)
+    primitive = explicit_primitive_matrix(unitcell, settings.primitive_matrix, settings.symprec)
+    phonon = Phonopy(unitcell, primitive_matrix=primitive, symprec=settings.symprec)
     try:
         return parse_BORN(phonon.primitive, symprec=settings.symprec, filename=str(born_file))
     except Exception as error:

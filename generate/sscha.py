@@ -34,6 +34,8 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 
+from generate.harmonic import explicit_primitive_matrix, to_phonopy_atoms
+
 log = logging.getLogger("thermobench.sscha")  # step-by-step progress; the CLI shows it on stderr
 HBAR_EV_T = units._hbar * units.J * units.second  # ħ in eV × ASE time units
 THZ_PER_OMEGA = units.second / (2 * np.pi * 1e12)  # angular frequency in ASE units -> THz
@@ -222,26 +224,15 @@ class SupercellModel:
         return len(self.atoms)
 
 
-def to_phonopy_atoms(atoms: Atoms):
-    from phonopy.structure.atoms import PhonopyAtoms
-
-    return PhonopyAtoms(
-        symbols=atoms.get_chemical_symbols(),
-        cell=atoms.cell.array,
-        scaled_positions=atoms.get_scaled_positions(),
-        masses=atoms.get_masses(),
-    )
-
-
 def supercell_model(atoms: Atoms, supercell_matrix, settings: SSCHASettings) -> SupercellModel:
     from phonopy import Phonopy
     from phonopy.structure.symmetry import Symmetry
 
     matrix = np.array(supercell_matrix, dtype=int)
     matrix = np.diag(matrix) if matrix.ndim == 1 else matrix
-    primitive = settings.primitive_matrix
-    primitive = np.array(primitive) if isinstance(primitive, list | tuple) else primitive
-    phonon = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=matrix, primitive_matrix=primitive, symprec=settings.symprec)
+    unitcell = to_phonopy_atoms(atoms)
+    primitive = explicit_primitive_matrix(unitcell, settings.primitive_matrix, settings.symprec)
+    phonon = Phonopy(unitcell, supercell_matrix=matrix, primitive_matrix=primitive, symprec=settings.symprec)
     cell = phonon.supercell
     supercell = Atoms(cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, masses=cell.masses, pbc=True)
     sqrt_masses = np.repeat(np.sqrt(cell.masses), 3)

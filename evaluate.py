@@ -55,6 +55,9 @@ def evaluate(cfg: DictConfig) -> dict:
     from thermobench.datamodule import ThermoDataModule
     from thermobench.models.inference import load_model, predict
 
+    from train import quiet_known_noise
+
+    quiet_known_noise()
     run_dir, summary, artifacts = locate_run(cfg.ckpt_path)
     dataset = cfg.get("dataset") or summary["dataset"]
     data_cfg = summary["config"]["data"]

@@ -13,6 +13,7 @@ Then ``python evaluate.py ckpt_path=<run directory>``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -24,6 +25,22 @@ import hydra
 import lightning.pytorch as L
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("thermobench.train")  # console and Hydra's train.log
+
+
+def quiet_known_noise() -> None:
+    """Silence messages that say nothing about this run, once: Lightning's device lines, tips and model
+    table (rank-zero info), the dataset builders' progress bars, and a deprecation inside Lightning."""
+    import warnings
+
+    import datasets
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
 
 RUN_TIME_DEFINITION = (
     "wall-clock seconds per split from building the model to the end of fitting (Trainer.fit with validation, "
@@ -116,6 +133,9 @@ def train_split(cfg: DictConfig, task, split: str, out_dir: Path) -> dict:
         model = type(model).load_from_checkpoint(artifact, map_location="cpu")
         epochs = int(trainer.current_epoch)
     else:
+        if cfg.get("logger"):
+            log.warning(f"model={cfg.model_name} is fitted in one step without Lightning: logger "
+                        f"{', '.join(cfg.logger)} records nothing (its validation scores are in train_summary.json)")
         model = hydra.utils.instantiate(cfg.model).bind(task)
         model.fit(datamodule.frames["train"], datamodule.labels["train"])
         artifact = model.save(split_dir / "model.joblib")
@@ -135,8 +155,24 @@ def train_split(cfg: DictConfig, task, split: str, out_dir: Path) -> dict:
     }
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Trainer and data settings that Lightning would only reject deep inside (a bare AssertionError)."""
+    integers = {"trainer.max_epochs": -1, "trainer.min_epochs": 0, "trainer.log_every_n_steps": 1, "data.batch_size": 1}
+    for key, minimum in integers.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{key} must be an integer >= {minimum}, not {value!r}")
+    splits = list(cfg.data.splits)
+    if not splits or any(s not in ("random", "ood") for s in splits):
+        raise ValueError(f"data.splits must be a non-empty subset of [random, ood], not {splits}")
+
+
 def train(cfg: DictConfig) -> dict:
     """Train on every split configuration in ``cfg.data.splits``; returns (and writes) the run summary."""
+    check_config(cfg)
+    quiet_known_noise()
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     task = hydra.utils.instantiate(cfg.task)
@@ -159,10 +195,10 @@ def train(cfg: DictConfig) -> dict:
         summary["splits"][split] = train_split(cfg, task, split, out_dir)
         score = summary["splits"][split]["validation"]
         primary = "balanced_accuracy" if task.is_classification else "mae"
-        print(f"[{split}] {cfg.model_name} on {task.name}: validation {primary} = {score[primary]['value']:.4g} "
-              f"({summary['splits'][split]['train_s']:.1f} s)")
+        log.info(f"[{split}] {cfg.model_name} on {task.name}: validation {primary} = {score[primary]['value']:.4g} "
+                 f"({summary['splits'][split]['train_s']:.1f} s)")
     (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"run directory: {out_dir}")
+    log.info(f"run directory: {out_dir}")
     return summary
 
 

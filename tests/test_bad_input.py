@@ -28,6 +28,13 @@ def test_unknown_model_name_says_where_it_looked(shared, monkeypatch):
     assert str(shared / "models") in str(error.value)
 
 
+def test_unreachable_hub_fails_fast_with_the_reason(shared, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(PotentialNotFoundError, match=r"Hub \(http://127.0.0.1:9\) is unreachable"):
+        load_potential("No-Such-Potential-PES")
+
+
 def test_directory_without_model_files_is_named(tmp_path):
     with pytest.raises(PotentialNotFoundError, match="missing model.json"):
         load_potential(tmp_path)

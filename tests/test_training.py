@@ -320,3 +320,23 @@ def test_matgl_net_starts_from_the_potential_weights(shared):
 def test_committed_leaderboard_is_valid_against_the_embedded_dataset():
     """Fails when the embedded dataset changed under the entries (new rows, new version): re-run them."""
     assert leaderboard.validate_all(REPO / "leaderboard") > 0
+
+
+@needs_data
+def test_training_reports_progress_and_names_bad_overrides(hydra_conf, tmp_path, caplog):
+    import logging
+
+    import train
+
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    with pytest.raises(ValueError, match="trainer.max_epochs must be an integer >= -1, not 'abc'"):
+        train.train(run_config("train.yaml", ["model=cgcnn", "trainer.max_epochs=abc", cache], tmp_path / "bad"))
+    with caplog.at_level(logging.INFO, logger="thermobench.train"):
+        train.train(run_config("train.yaml", ["model=cgcnn", f"data.dataset={DATASET}", "data.splits=[random]",
+                                              "trainer.max_epochs=2", "logger=none", cache, *TINY["cgcnn"]], tmp_path / "run"))
+        train.train(run_config("train.yaml", ["model=mean", f"data.dataset={DATASET}", "data.splits=[random]",
+                                              "logger=csv", cache], tmp_path / "mean"))
+    messages = [r.getMessage() for r in caplog.records if r.name == "thermobench.train"]
+    assert any(m.startswith("epoch 2/2: ") and "val/loss" in m for m in messages)
+    assert any("validation mae" in m for m in messages)
+    assert any("model=mean" in m and "logger csv records nothing" in m for m in messages)

@@ -70,6 +70,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     where = ", ".join(str(d.resolve()) for d in searched) or f"none (set {MODELS_ENV})"
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         hub = "Hub lookup skipped because HF_HUB_OFFLINE is set"
+    elif not hub_reachable():
+        hub = f"the HuggingFace Hub ({hub_endpoint()}) is unreachable (no network?); set HF_HUB_OFFLINE=1 to skip it"
     else:
         try:
             from matgl.utils.io import _get_file_paths  # downloads into matgl's Hub cache
@@ -81,6 +83,23 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         f"Unknown potential {str(name_or_path)!r}: not a model directory, not in the {MODELS_ENV} "
         f"directories [{where}]; {hub}"
     )
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A TCP connection to the Hub within ``timeout_s``: without it matgl's download retries for a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(hub_endpoint())
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def checkpoint_sha256(model_dir: str | os.PathLike) -> str:

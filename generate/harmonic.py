@@ -246,28 +246,35 @@ def thermodynamics(phonon, temperatures_K) -> Thermodynamics:
     )
 
 
-def phonon_properties(phonon, settings: HarmonicSettings, n_potential_evaluations: int) -> HarmonicResult:
-    """Everything downstream needs from a phonopy object that has force constants."""
+def phonon_properties(phonon, settings: HarmonicSettings, n_potential_evaluations: int, spectra: bool = True) -> HarmonicResult:
+    """Everything downstream needs from a phonopy object that has force constants.
+
+    ``spectra=False`` leaves out the band structure, DOS and commensurate frequencies (None): the
+    mesh and the thermodynamics are what a comparison over hundreds of materials needs.
+    """
     phonon.run_mesh(settings.q_mesh, is_gamma_center=True)
     mesh = phonon.get_mesh_dict()
-    commensurate = commensurate_qpoints(phonon)
-    phonon.run_qpoints(commensurate)
-    commensurate_frequencies = np.asarray(phonon.get_qpoints_dict()["frequencies"])
-    bands = band_structure(phonon, settings.band_points)
-    phonon.run_mesh(settings.q_mesh, is_gamma_center=True)
-    phonon.run_total_dos()
-    dos = phonon.get_total_dos_dict()
+    commensurate = commensurate_frequencies = bands = None
+    dos = {"frequency_points": None, "total_dos": None}
+    if spectra:
+        commensurate = commensurate_qpoints(phonon)
+        phonon.run_qpoints(commensurate)
+        commensurate_frequencies = np.asarray(phonon.get_qpoints_dict()["frequencies"])
+        bands = band_structure(phonon, settings.band_points)
+        phonon.run_mesh(settings.q_mesh, is_gamma_center=True)
+        phonon.run_total_dos()
+        dos = phonon.get_total_dos_dict()
     return HarmonicResult(
         phonon=phonon,
         supercell_matrix=np.asarray(phonon.supercell_matrix),
         mesh_qpoints=np.asarray(mesh["qpoints"]),
         mesh_weights=np.asarray(mesh["weights"]),
         mesh_frequencies_THz=np.asarray(mesh["frequencies"]),
-        commensurate_qpoints=np.asarray(commensurate),
+        commensurate_qpoints=None if commensurate is None else np.asarray(commensurate),
         commensurate_frequencies_THz=commensurate_frequencies,
         band_structure=bands,
-        dos_frequencies_THz=np.asarray(dos["frequency_points"]),
-        dos_states_per_THz=np.asarray(dos["total_dos"]),
+        dos_frequencies_THz=None if dos["frequency_points"] is None else np.asarray(dos["frequency_points"]),
+        dos_states_per_THz=None if dos["total_dos"] is None else np.asarray(dos["total_dos"]),
         thermodynamics=thermodynamics(phonon, settings.temperatures_K),
         n_potential_evaluations=n_potential_evaluations,
         imaginary_tolerance_THz=settings.imaginary_tolerance_THz,

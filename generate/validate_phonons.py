@@ -81,13 +81,13 @@ def _same_setup_phonopy(reference, unitcell):
     return phonon
 
 
-def potential_phonons_on_dft_geometry(reference, model, settings: HarmonicSettings) -> HarmonicResult:
+def potential_phonons_on_dft_geometry(reference, model, settings: HarmonicSettings, spectra: bool = True) -> HarmonicResult:
     """The potential's FC2 from exactly the DFT displacements of the DFT geometry."""
     phonon = _same_setup_phonopy(reference, reference.unitcell)
     phonon.dataset = displacements_only(reference.dataset)
     evaluations = displaced_supercell_forces(phonon, model)
     produce_force_constants(phonon, full=True)
-    return phonon_properties(phonon, settings, evaluations)
+    return phonon_properties(phonon, settings, evaluations, spectra)
 
 
 def potential_phonons_relaxed(reference, model, calculator, settings: HarmonicSettings, relax_settings: RelaxSettings):

@@ -1249,7 +1249,10 @@ def fit_surrogate(
     n = len(displacements_A)
     residual = forces_eV_A.reshape(n, -1) + displacements_A.reshape(n, -1) @ matrix.T
     fit_matrix = surrogate_fit_matrix(basis, displacements_A) if fit_matrix is None else fit_matrix
-    optimizer = Optimizer((fit_matrix, residual.reshape(-1)), fit_method=settings.fit_method, train_size=0.9, seed=seed)
+    # No condition-number check: the sparse fits (ARDR, LASSO) exist for ill-conditioned cluster
+    # spaces, so its warning would flag every fit and its SVD of the fit matrix costs time.
+    optimizer = Optimizer((fit_matrix, residual.reshape(-1)), fit_method=settings.fit_method, train_size=0.9, seed=seed,
+                          check_condition=False)
     with quiet_hiphive():
         optimizer.train()
     harmonic = harmonic_monomials(matrix)

@@ -102,7 +102,7 @@ def test_broken_file_and_unsupported_element_give_failure_records(tmp_path):
 
     structures = tmp_path / "structures"
     structures.mkdir()
-    write(structures / "Cu.cif", bulk("Cu", "fcc", a=3.6))
+    write(structures / "copper-sample.cif", bulk("Cu", "fcc", a=3.6))  # a file name that is no formula
     write(structures / "NaCl.vasp", bulk("NaCl", "rocksalt", a=5.64), format="vasp")
     (structures / "broken.cif").write_text("data_broken\n_cell_length_a not-a-number\nthis is no CIF\n")
     out = tmp_path / "run"
@@ -112,7 +112,9 @@ def test_broken_file_and_unsupported_element_give_failure_records(tmp_path):
     )
     assert (summary.n_done, summary.n_failed) == (1, 2)
     records = records_of(out)
-    assert records["file-Cu"]["status"] == "ok" and len(records["file-Cu"]["rows"]) == 3
+    copper = records["file-copper-sample"]
+    assert copper["status"] == "ok" and len(copper["rows"]) == 3
+    assert {row["formula"] for row in copper["rows"]} == {"Cu"}  # from the structure, not the file name
     broken = records["file-broken"]
     assert broken["status"] == "failed" and broken["stage"] == "load"
     assert "broken.cif" in broken["reason"] and "Traceback" in broken["traceback"]

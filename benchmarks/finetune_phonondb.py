@@ -29,28 +29,11 @@ import numpy as np
 from generate.harmonic import HarmonicSettings, phonon_properties
 from generate.phonon_data import DatasetError
 from generate.validate_phonons import compare, load_dft_dataset, potential_phonons_on_dft_geometry
+from thermobench.phonondb import chemical_family
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("frequency_mae_THz", "wasserstein_THz", "max_frequency_error_THz", "free_energy_error_meV_atom",
            "entropy_error_kB_atom", "heat_capacity_error_kB_atom")
-
-
-def chemical_family(elements) -> str:
-    """A coarse chemistry label for the per-family breakdown (anion first, as crystal chemists sort)."""
-    elements = set(elements)
-    if "H" in elements:
-        return "hydrides & hydroxides"
-    if "O" in elements:
-        return "oxides"
-    if elements & {"F", "Cl", "Br", "I"}:
-        return "halides"
-    if elements & {"S", "Se", "Te"}:
-        return "chalcogenides"
-    if elements & {"N", "P", "As", "Sb"}:
-        return "pnictides"
-    if elements & {"B", "C", "Si", "Ge"}:
-        return "borides, carbides, silicides"
-    return "intermetallics & elements"
 
 
 def label_of(potential: str) -> str:

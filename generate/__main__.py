@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
@@ -12,6 +13,8 @@ from omegaconf import DictConfig, open_dict
 def main(cfg: DictConfig) -> None:
     from generate.pipeline import run
 
+    for name in ("thermobench.sscha", "thermobench.kappa"):  # the progress bar reports materials; steps are noise here
+        logging.getLogger(name).setLevel(logging.WARNING)
     with open_dict(cfg):
         cfg.command_line = "python -m generate " + " ".join(sys.argv[1:])
     summary = run(cfg)

@@ -113,6 +113,68 @@ def materials_project_source(material_ids, api_key: str | None = None, family: s
     return materials
 
 
+class _PhonondbBuilder:
+    """The DFT (PBEsol) primitive cell of a phonondb archive, read in place (picklable for Ray)."""
+
+    def __init__(self, archive: Path):
+        self.archive = Path(archive)
+
+    def __call__(self) -> Atoms:
+        from generate.harmonic import to_ase_atoms
+        from generate.phonon_data import load_phonon_dataset
+
+        return to_ase_atoms(load_phonon_dataset(self.archive).primitive)
+
+
+def dft_stable(archive: Path, mesh=(8, 8, 8), tolerance_THz: float = 0.1) -> bool:
+    """Whether phonondb's DFT phonons have no mode below -``tolerance_THz`` on a Γ-centred mesh."""
+    from generate.phonon_data import load_phonon_dataset, produce_force_constants
+
+    phonon = load_phonon_dataset(archive)
+    produce_force_constants(phonon)
+    phonon.run_mesh(list(mesh), is_gamma_center=True)
+    return bool(phonon.get_mesh_dict()["frequencies"].min() >= -tolerance_THz)
+
+
+def phonondb_source(
+    phonondb_dir, ids=None, spacegroups=None, elements=None, max_unitcell_atoms=None, max_supercell_atoms=None,
+    split=None, families=None, only_dft_stable: bool = False, limit: int | None = None,
+) -> list[Material]:
+    """Materials of the Kyoto phonon database (DFT-relaxed PBEsol cells), filtered.
+
+    ``elements``: every element of a material must be among them (e.g. those the potential covers);
+    ``families``: chemistry labels of :func:`thermobench.phonondb.chemical_family`; ``split``: the fixed
+    phonondb split; ``only_dft_stable``: keep materials whose DFT phonons are stable (checked lazily,
+    about a second each, so combine it with ``limit``).
+    """
+    from generate.phonon_data import dataset_name
+    from thermobench.phonondb import MIRROR_URL, archive_path, chemical_family, read_index, select
+
+    root = Path(phonondb_dir)
+    root = root / "phonon_db_tarred" if (root / "phonon_db_tarred").is_dir() else root
+    present = {dataset_name(p) for p in root.glob("materials-id-*.tar.lzma")}  # a clone, or any subset of it
+    if not present:
+        raise FileNotFoundError(f"no phonondb archives (materials-id-*.tar.lzma) in {root}: git clone {MIRROR_URL}")
+    entries = select([e for e in read_index() if e.material_id in present], split, max_supercell_atoms=max_supercell_atoms, elements=set(elements) if elements else None,
+                     ids=set(ids) if ids else None, spacegroups=set(spacegroups) if spacegroups else None,
+                     max_unitcell_atoms=max_unitcell_atoms)
+    entries = [e for e in entries if not families or chemical_family(e.elements) in families]
+    if ids:
+        missing = sorted(set(ids) - {e.material_id for e in entries})
+        if missing:
+            raise KeyError(f"phonondb has no material {missing} passing the other filters")
+    materials = []
+    for entry in entries:
+        archive = archive_path(root, entry)
+        if only_dft_stable and not dft_stable(archive):
+            continue
+        materials.append(Material(f"phonondb-{entry.material_id}", entry.formula, entry.formula, chemical_family(entry.elements),
+                                  _PhonondbBuilder(archive), "phonondb", entry.material_id))
+        if limit is not None and len(materials) >= limit:
+            break
+    return materials
+
+
 def materials_from_config(source) -> list[Material]:
     """Materials of the ``source`` config group (kind: builtin | directory | materials_project)."""
     kind = source.kind
@@ -129,4 +191,14 @@ def materials_from_config(source) -> list[Material]:
         if not source.get("mp_ids"):
             raise ValueError("source.kind=materials_project needs source.mp_ids=[mp-149,...]")
         return materials_project_source(list(source.mp_ids), source.get("mp_api_key"))
-    raise ValueError(f"source.kind must be builtin, directory or materials_project, not {kind!r}")
+    if kind == "phonondb":
+        if not source.get("phonondb_dir"):
+            raise ValueError("source.kind=phonondb needs source.phonondb_dir=PATH (git clone https://github.com/WMD-group/phononDB; its phonon_db_tarred/)")
+        listed = lambda key: list(source[key]) if source.get(key) else None  # noqa: E731
+        return phonondb_source(
+            source.phonondb_dir, ids=listed("ids"), spacegroups=listed("spacegroups"), elements=listed("elements"),
+            max_unitcell_atoms=source.get("max_unitcell_atoms"), max_supercell_atoms=source.get("max_supercell_atoms"),
+            split=source.get("split"), families=listed("families"), only_dft_stable=bool(source.get("dft_stable")),
+            limit=source.get("limit"),
+        )
+    raise ValueError(f"source.kind must be builtin, directory, materials_project or phonondb, not {kind!r}")

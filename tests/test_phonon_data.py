@@ -134,3 +134,35 @@ def test_split_is_fixed_by_the_mp_id_and_recorded_with_the_mirror_commit():
     assert {e.split for e in select(entries, "train", elements={"Si"})} == {"train"}
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         select(entries, "dev")
+
+
+def test_phonondb_source_filters_and_gives_the_dft_cell():
+    from generate.sources import phonondb_source
+
+    everything = phonondb_source(FIXTURES)
+    assert [m.source_id for m in everything] == ["mp-149", "mp-361", "mp-22862", "mp-568273"]
+    si = phonondb_source(FIXTURES, ids=["mp-149"])[0]
+    atoms = si.atoms()
+    assert si.material_id == "phonondb-mp-149" and si.formula == "Si" and si.source == "phonondb"
+    assert len(atoms) == 2  # the primitive cell of diamond
+    # PBEsol's relaxed cubic lattice constant of Si in the archive: a = sqrt(2) x the fcc primitive vector
+    assert abs(np.sqrt(2) * atoms.cell.lengths()[0] - 5.4346) < 1e-3
+    assert [m.source_id for m in phonondb_source(FIXTURES, spacegroups=[194])] == ["mp-568273"]
+    assert [m.source_id for m in phonondb_source(FIXTURES, elements={"Na", "Cl", "Si"})] == ["mp-149", "mp-22862"]
+    assert [m.family for m in phonondb_source(FIXTURES, families=["halides"])] == ["halides", "halides"]
+    assert len(phonondb_source(FIXTURES, only_dft_stable=True, limit=2)) == 2
+    with pytest.raises(KeyError, match="mp-0"):
+        phonondb_source(FIXTURES, ids=["mp-0"])
+
+
+def test_generator_runs_a_phonondb_material(tmp_path):
+    from generate.pipeline import run
+    from tests.test_pipeline import compose, records_of
+
+    out = tmp_path / "run"
+    summary = run(compose("source.kind=phonondb", f"source.phonondb_dir={FIXTURES}", "source.ids=[mp-361]",
+                          "executor.kind=serial", f"out_dir={out}", "supercell.min_atoms=6", "supercell.max_atoms=48",
+                          "temperatures_K=[300.0]"), progress=False)
+    assert summary.n_done + summary.n_failed == 1
+    (record,) = records_of(out).values()
+    assert record["material_id"] == "phonondb-mp-361" and record["source_id"] == "mp-361" and record["formula"] == "Cu2O"

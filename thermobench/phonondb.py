@@ -86,6 +86,24 @@ def write_index(entries: list[Entry], path: Path = INDEX_PATH) -> None:
     tmp.replace(path)
 
 
+def chemical_family(elements) -> str:
+    """A coarse chemistry label (anion first, as crystal chemists sort) for breakdowns and balancing."""
+    elements = set(elements)
+    if "H" in elements:
+        return "hydrides & hydroxides"
+    if "O" in elements:
+        return "oxides"
+    if elements & {"F", "Cl", "Br", "I"}:
+        return "halides"
+    if elements & {"S", "Se", "Te"}:
+        return "chalcogenides"
+    if elements & {"N", "P", "As", "Sb"}:
+        return "pnictides"
+    if elements & {"B", "C", "Si", "Ge"}:
+        return "borides, carbides, silicides"
+    return "intermetallics & elements"
+
+
 def select(
     entries: list[Entry],
     split: str | None = None,

@@ -52,8 +52,8 @@ def settings_from_config(cfg) -> dict:
 
     container = OmegaConf.to_container(cfg, resolve=True)
     # dataset_version is part of the fingerprint: another version never writes into this run's folder.
-    keys = ("potential", "temperatures_K", "supercell", "relax", "harmonic", "sscha", "kappa", "targets", "dos", "seed",
-            "dataset_version")
+    keys = ("potential", "temperatures_K", "supercell", "relax", "harmonic", "sscha", "engine", "kappa", "targets", "dos",
+            "seed", "dataset_version")
     settings = {k: container[k] for k in keys}
     settings["dataset_version"] = str(settings["dataset_version"])
     settings["temperatures_K"] = [float(t) for t in settings["temperatures_K"]]
@@ -62,6 +62,15 @@ def settings_from_config(cfg) -> dict:
 
     settings["schema_version"] = SCHEMA_VERSION
     return settings
+
+
+def engine_settings(settings: dict):
+    """The SSCHA engine of the run (``engine`` in conf/generate.yaml) as :class:`generate.sscha.EngineSettings`."""
+    from generate.sscha import EngineSettings, SurrogateSettings
+
+    values = dict(settings["engine"])
+    surrogate = {k: tuple(v) if isinstance(v, list) else v for k, v in (values.pop("surrogate", None) or {}).items()}
+    return EngineSettings(**values, surrogate=SurrogateSettings(**surrogate))
 
 
 def check_settings(settings: dict) -> None:
@@ -89,6 +98,7 @@ def check_settings(settings: dict) -> None:
 
         values = {k: v for k, v in settings["kappa"].items() if k != "enabled"}
         settings_from_dict({**values, "temperatures_K": list(temperatures)})
+    engine_settings(settings)
     checks.positive(settings["dos"]["sigma_THz"], "dos.sigma_THz")
     checks.positive(settings["dos"]["n_points"], "dos.n_points", integer=True, minimum=2, strict=False)
     checks.positive(settings["targets"]["shift_min_frequency_THz"], "targets.shift_min_frequency_THz", strict=False)
@@ -294,7 +304,7 @@ def _stage(name: str, function: Callable, *args, **kwargs):
 def _compute_rows(material: Material, settings: dict, device: str, potential, start: float) -> list[dict]:
     from generate.harmonic import HarmonicSettings, harmonic_phonons
     from generate.relax import RelaxSettings, relax, spacegroup
-    from generate.sscha import SSCHASettings, run_sscha
+    from generate.sscha import SSCHASettings, run_sscha_engine
     from thermobench.families import formula_reduced
     from thermobench.potentials import check_structure
 
@@ -339,13 +349,15 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     harm_mesh = np.asarray(harmonic.mesh_frequencies_THz)
     harm_comm = np.asarray(harmonic.commensurate_frequencies_THz)
 
+    engine = engine_settings(settings)
     results = []
     for temperature in temperatures:
         sscha_settings = SSCHASettings(
             **{**sscha_cfg, "temperature_K": temperature, "seed": int(settings["seed"]), "symprec": symprec,
                "q_mesh": tuple(h["q_mesh"]), "displacement_A": h["displacement_A"]}
         )
-        result = _stage(f"sscha@{temperature:g}K", run_sscha, cell, loaded.model, matrix, sscha_settings, harmonic=(fc_harmonic, 0))
+        result = _stage(f"sscha@{temperature:g}K", run_sscha_engine, cell, loaded.model, matrix, sscha_settings, engine,
+                        harmonic=(fc_harmonic, 0))
         results.append(result)
         harmonic_super = result.harmonic_supercell_frequencies_THz
 

@@ -249,3 +249,22 @@ def test_kappa_step_fills_the_kappa_columns(tmp_path):
         assert row["kappa_null_reason"] is None
         assert row["kappa_harmonic_W_mK"] > 0 and row["kappa_renormalized_W_mK"] > 0
         assert row["kappa_ratio"] == pytest.approx(row["kappa_renormalized_W_mK"] / row["kappa_harmonic_W_mK"], rel=1e-6)
+
+
+def test_surrogate_engine_and_its_fall_back_to_the_direct_engine(tmp_path):
+    """EMT copper: the surrogate passes generous thresholds and labels the material; a threshold no fit
+    can meet sends every temperature to the direct engine, and the row says why."""
+    ids = "source.ids=[fcc-Cu]"
+    common = ["executor.kind=serial", "temperatures_K=[300.0]", "engine.name=surrogate",
+              "+engine.surrogate.n_training_structures=20", "+engine.surrogate.n_verification=40",
+              "+engine.surrogate.max_verification=80"]
+    fast = tmp_path / "fast"
+    assert run(compose(ids, *common, f"out_dir={fast}"), progress=False).n_done == 1
+    (row,) = records_of(fast)["fcc-Cu"]["rows"]
+    assert "(surrogate engine; verified relative force error" in row["sscha_status"]
+
+    strict = tmp_path / "strict"
+    assert run(compose(ids, *common, "engine.max_relative_force_error=1e-9", f"out_dir={strict}"), progress=False).n_done == 1
+    (fallback,) = records_of(strict)["fcc-Cu"]["rows"]
+    assert "(direct engine after surrogate fall-back: verified relative force error" in fallback["sscha_status"]
+    assert fallback["n_potential_evaluations"] > row["n_potential_evaluations"]

@@ -108,7 +108,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("kappa_null_reason", "string", "", "why the κ columns are null (not computed, unstable, failed)", True),
     # diagnostics
     Column("sscha_converged", "bool", "", "SSCHA gradient at the stochastic noise level on an independent ensemble"),
-    Column("sscha_status", "string", "", "SSCHA status text"),
+    Column("sscha_status", "string", "", "SSCHA status text; names the engine (direct, or surrogate with its verified errors) and any fall-back"),
     Column("sscha_steps", "int32", "", "SSCHA steps taken"),
     Column("sscha_n_configurations", "int32", "", "configurations in the final ensemble"),
     Column("frequency_error_THz", "float64", "THz", "largest stochastic error of a renormalized frequency"),

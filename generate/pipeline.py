@@ -22,7 +22,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +303,7 @@ def _stage(name: str, function: Callable, *args, **kwargs):
 
 def _compute_rows(material: Material, settings: dict, device: str, potential, start: float) -> list[dict]:
     from generate.harmonic import HarmonicSettings, harmonic_phonons
-    from generate.relax import RelaxSettings, relax, spacegroup
+    from generate.relax import RelaxSettings, relax
     from generate.sscha import SSCHASettings, run_sscha_engine
     from thermobench.families import formula_reduced
     from thermobench.potentials import check_structure

@@ -20,7 +20,7 @@ def kappa_main(*args):
 
 
 def sscha_main(*args, potential="EMT"):
-    from generate.sscha import main
+    from generate.sscha.__main__ import main
 
     return main(["--structure", "Cu", "--potential", potential, "--no-relax", "--out", "unused.json", *args])
 

@@ -163,7 +163,7 @@ def test_same_seed_same_result_other_seed_other_result():
 
 def test_command_line_writes_the_record_and_agrees_with_the_harmonic_stage(shared, tmp_path):
     from generate.harmonic import HarmonicSettings, harmonic_phonons
-    from generate.sscha import main
+    from generate.sscha.__main__ import main
     from thermobench.potentials import load_calculator
     from thermobench.structures import load_structure
 

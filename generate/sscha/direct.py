@@ -1,0 +1,453 @@
+"""The direct engine: every ensemble evaluated by the potential, Kong-Liu reweighting, a preconditioned
+step, stochastic errors; :func:`run_sscha`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from generate.sscha.result import SSCHAResult, SSCHASettings, SSCHAStep
+from generate.sscha.supercell import (
+    THZ_PER_OMEGA,
+    Modes,
+    SupercellModel,
+    evaluate,
+    frequencies_THz,
+    gaussian_modes,
+    harmonic_force_constants,
+    harmonic_free_energy_eV,
+    stabilize,
+    supercell_model,
+    symmetrize_matrix,
+    symmetrize_vector,
+    to_blocks,
+    to_matrix,
+    unstable_modes,
+)
+
+log = logging.getLogger("thermobench.sscha")  # step-by-step progress; the CLI shows it on stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Ensembles
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    centroids_A: np.ndarray  # (N, 3) positions the displacements were drawn around
+    displacements_A: np.ndarray  # (n, N, 3), pairs (2k, 2k+1) are +u, -u
+    log_density: np.ndarray  # (n,) log of the drawing density (up to a shared constant)
+    energies_eV: np.ndarray
+    forces_eV_A: np.ndarray  # (n, N, 3)
+
+
+def log_gaussian(modes: Modes, mass_weighted: np.ndarray) -> np.ndarray:
+    amplitudes = mass_weighted @ modes.vectors
+    return -0.5 * np.sum(amplitudes**2 / modes.variance, axis=1) - 0.5 * np.sum(np.log(modes.variance))
+
+
+def draw_displacements(model: SupercellModel, modes: Modes, n_configurations: int, rng: np.random.Generator) -> np.ndarray:
+    """Antithetic pairs ±u from the Gaussian of ``modes`` (acoustic modes, when excluded, not excited)."""
+    n_pairs = max(1, n_configurations // 2)
+    amplitudes = rng.standard_normal((n_pairs, modes.omega.size)) * np.sqrt(modes.variance)
+    u = (amplitudes @ modes.vectors.T) / model.sqrt_masses
+    return np.stack([u, -u], axis=1).reshape(2 * n_pairs, model.n_atoms, 3)
+
+
+def new_ensemble(model: SupercellModel, potential, centroids_A, modes, n_configurations, rng, settings) -> Ensemble:
+    displacements = draw_displacements(model, modes, n_configurations, rng)
+    structures = []
+    for u in displacements:
+        atoms = model.atoms.copy()
+        atoms.positions = centroids_A + u
+        structures.append(atoms)
+    energies, forces = evaluate(potential, structures, settings.max_atoms_per_chunk)
+    mass_weighted = displacements.reshape(len(displacements), -1) * model.sqrt_masses
+    return Ensemble(
+        centroids_A=centroids_A.copy(),
+        displacements_A=displacements,
+        log_density=log_gaussian(modes, mass_weighted),
+        energies_eV=energies,
+        forces_eV_A=forces,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics of an ensemble for the current auxiliary system
+
+
+@dataclass(frozen=True)
+class Statistics:
+    weights: np.ndarray
+    effective_sample_fraction: float
+    gradient: np.ndarray  # symmetrized (3N, 3N) in D units: D - <d2V>
+    batch_gradients: np.ndarray  # (B, 3N, 3N) symmetrized
+    batch_weights: np.ndarray  # (B,)
+    free_energy_eV: float
+    free_energy_error_eV: float
+    mean_force_eV_A: np.ndarray  # (N, 3), symmetrized
+    frequency_errors_THz: np.ndarray  # per sampled mode, modes order
+
+    @property
+    def gradient_error(self) -> float:
+        deviations = self.batch_gradients - self.gradient
+        return float(np.sqrt(bessel(self.batch_weights) * np.sum(self.batch_weights[:, None, None] ** 2 * deviations**2)))
+
+
+def bessel(batch_weights: np.ndarray) -> float:
+    """B/(B-1): the spread of B batch means about their own mean underestimates their variance."""
+    return len(batch_weights) / max(len(batch_weights) - 1, 1)
+
+
+def pair_batches(n_configurations: int, n_batches: int) -> np.ndarray:
+    """Batch index of each configuration; both members of an antithetic pair share a batch."""
+    n_pairs = n_configurations // 2
+    return np.repeat(np.arange(n_pairs) % min(n_batches, n_pairs), 2)
+
+
+def ensemble_statistics(model, ensemble: Ensemble, dynamical, centroids_A, settings: SSCHASettings) -> Statistics:
+    modes = gaussian_modes(model, dynamical, settings)
+    n = len(ensemble.displacements_A)
+    u = ensemble.centroids_A + ensemble.displacements_A - centroids_A
+    v = u.reshape(n, -1) * model.sqrt_masses
+    log_w = log_gaussian(modes, v) - ensemble.log_density
+    weights = np.exp(log_w - log_w.max())
+    weights /= weights.sum()
+    ess = float(1.0 / np.sum(weights**2) / n)
+
+    # Control variate: subtracting the auxiliary's own forces -D v leaves the same mean (its exact
+    # value is D on the sampled subspace) but removes the harmonic part of the noise.
+    g = ensemble.forces_eV_A.reshape(n, -1) / model.sqrt_masses
+    residual = g + v @ dynamical
+    scaled = (v @ modes.vectors) / modes.variance  # C^-1 v in mode coordinates
+
+    def gradient_of(w: np.ndarray) -> np.ndarray:
+        raw = ((residual * w[:, None]).T @ scaled) @ modes.vectors.T / w.sum()
+        return symmetrize_mass_weighted(model, raw)
+
+    batch = pair_batches(n, settings.n_error_batches)
+    n_batches = batch.max() + 1
+    batch_weights = np.array([weights[batch == b].sum() for b in range(n_batches)])
+    batch_gradients = np.array([gradient_of(np.where(batch == b, weights, 0.0)) for b in range(n_batches)])
+    gradient = np.einsum("b,bij->ij", batch_weights, batch_gradients)  # = gradient_of(weights), linear
+
+    anharmonic = ensemble.energies_eV - 0.5 * np.einsum("ni,ij,nj->n", v, dynamical, v)
+    batch_anharmonic = np.array([np.sum(weights * anharmonic * (batch == b)) / batch_weights[b] for b in range(n_batches)])
+    mean_anharmonic = float(np.sum(weights * anharmonic))
+    free_energy_error = float(np.sqrt(bessel(batch_weights) * np.sum(batch_weights**2 * (batch_anharmonic - mean_anharmonic) ** 2)))
+
+    frequency_errors = mode_frequency_errors_THz(modes, batch_gradients, batch_weights)
+
+    mean_force = symmetrize_vector(model, np.einsum("n,nij->ij", weights, ensemble.forces_eV_A))
+    return Statistics(
+        weights=weights,
+        effective_sample_fraction=ess,
+        gradient=gradient,
+        batch_gradients=batch_gradients,
+        batch_weights=batch_weights,
+        free_energy_eV=harmonic_free_energy_eV(modes, settings.temperature_K, settings.quantum) + mean_anharmonic,
+        free_energy_error_eV=free_energy_error,
+        mean_force_eV_A=mean_force,
+        frequency_errors_THz=frequency_errors,
+    )
+
+
+def mode_frequency_errors_THz(modes: Modes, batch_gradients: np.ndarray, batch_weights: np.ndarray) -> np.ndarray:
+    """Stochastic error of each mode's frequency: the first-order change of its ω² under each batch's
+    deviation of the gradient from the weighted mean, propagated to ω."""
+    deviations = batch_gradients - np.einsum("b,bij->ij", batch_weights, batch_gradients)
+    domega2 = np.einsum("im,bij,jm->bm", modes.vectors, deviations, modes.vectors)
+    omega2_error = np.sqrt(bessel(batch_weights) * np.sum(batch_weights[:, None] ** 2 * domega2**2, axis=0))
+    return omega2_error / (2 * modes.omega) * THZ_PER_OMEGA
+
+
+def symmetrize_mass_weighted(model: SupercellModel, matrix: np.ndarray) -> np.ndarray:
+    """Symmetrize a mass-weighted matrix (space-group operations only map atoms of equal mass)."""
+    m = model.sqrt_masses
+    projector = model.basis @ model.basis.T
+    sym = symmetrize_matrix(model, projector @ matrix @ projector * np.outer(m, m), sum_rule=False)
+    return projector @ (sym / np.outer(m, m)) @ projector
+
+
+def preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings) -> np.ndarray:
+    """A Newton-like step in the auxiliary's mode basis.
+
+    Let A_μ = <d2V>_μμ - D_harm,μμ be mode μ's anharmonic renormalization. With quartic
+    anharmonicity it is a sum over modes, A_μ = Σ_ν Λ_μν <v_ν²>, and the mean-field assumption that
+    every mode feeds it in proportion to its thermal amplitude, Λ_μν <v_ν²> ≈ A_μ w_ν with
+    w_ν = <v_ν²>/Σ<v²>, gives the Jacobian of the self-consistent map a rank-one form
+    -A bᵀ, b_ν = κ_ν w_ν/ω_ν² (κ = -dln<v²>/dlnω², 1 classically, 1/2 at T = 0). Newton's step on
+    the mode-diagonal residual then follows from Sherman-Morrison. It matters for strongly
+    stabilized double wells (A ≫ ω²), where the plain iteration D <- <d2V> overshoots and diverges;
+    components that do not change the thermal amplitudes get the plain step. A step that lowers ω²
+    is finally taken in 1/ω² (the mode's thermal amplitude), in which the residual is convex, so it
+    cannot cross zero. The fixed point (zero gradient) is unchanged.
+    """
+    modes = gaussian_modes(model, dynamical, settings)
+    omega2 = modes.omega**2
+    in_modes = modes.vectors.T @ gradient @ modes.vectors
+    target = dynamical - gradient
+    renormalization = np.einsum("im,ij,jm->m", modes.vectors, target - harmonic_dynamical, modes.vectors)
+    b = modes.kappa * modes.variance / modes.variance.sum() / omega2
+    residual = np.diag(in_modes).copy()
+    denominator = 1.0 + b @ renormalization
+    if denominator > 1.0:  # net hardening: the plain step overshoots
+        residual -= renormalization * (b @ residual) / denominator
+    residual *= omega2 / (omega2 + np.maximum(residual, 0.0))
+    np.fill_diagonal(in_modes, residual)
+    return modes.vectors @ in_modes @ modes.vectors.T
+
+
+def converged_gradient(gradient_norm, gradient_error, carried_error, dynamical_norm, settings) -> bool:
+    """The convergence criterion on the gradient.
+
+    The estimated gradient Ĝ carries the ensemble's noise δG, and on an ensemble independent of the
+    one that last moved Φ it also sees the noise Φ carries from that one (δΦ, ``carried_error``):
+    E|Ĝ|² = |G|² + δG² + δΦ². The true gradient is estimated as sqrt(max(0, |Ĝ|² - δG² - δΦ²)),
+    and it is at the noise level when that is at most ``gradient_error_fraction`` × δG.
+    :func:`run_sscha` iterates on one ensemble until this holds there (with δΦ = 0, Φ having been
+    fitted to that ensemble's own noise), and declares convergence only when it also holds on a
+    freshly drawn ensemble. A gradient that vanishes against D (``relative_gradient_tolerance``)
+    also counts: an exactly harmonic potential has no noise to compare with.
+    """
+    if gradient_norm <= settings.relative_gradient_tolerance * dynamical_norm:
+        return True
+    noise2 = gradient_error**2 + carried_error**2
+    return gradient_norm**2 - noise2 <= settings.gradient_error_fraction**2 * gradient_error**2
+
+
+def unconverged_status(settings, n_stabilized: int) -> str:
+    """Why a run stopped without converging; modes held at the stabilization floor are named, as the
+    SCHA then wants them softer than ``min_frequency_THz`` (a structural instability near this T)."""
+    status = f"not converged in {settings.max_steps} steps"
+    if n_stabilized:
+        status += f": {n_stabilized} modes held at the stabilization floor of {settings.min_frequency_THz} THz"
+    return status
+
+
+# ----------------------------------------------------------------------------------------------
+# The SSCHA loop
+
+
+def starting_dynamical_matrices(model, fc_harmonic, initial_force_constants, settings):
+    """Mass weights, the harmonic dynamical matrix and the symmetrized, stabilized start of an SSCHA run."""
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    harmonic_dynamical = to_matrix(fc_harmonic) / mass_outer
+    start_fc = fc_harmonic if initial_force_constants is None else initial_force_constants
+    dynamical = symmetrize_mass_weighted_fc(model, to_matrix(start_fc) / mass_outer)
+    dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
+    return mass_outer, harmonic_dynamical, dynamical, n_stabilized
+
+
+def run_sscha(
+    atoms: Atoms,
+    potential,
+    supercell_matrix,
+    settings: SSCHASettings = SSCHASettings(),
+    *,
+    initial_force_constants: np.ndarray | None = None,
+    harmonic: tuple[np.ndarray, int] | None = None,
+) -> SSCHAResult:
+    """Run the SSCHA for ``atoms`` (primitive or unit cell, relaxed) in the given supercell.
+
+    ``potential`` is a matgl Potential (ensembles are evaluated in batches) or any ASE calculator.
+    The start is the harmonic force constants made stable by :func:`stabilize` (or
+    ``initial_force_constants``, (N, N, 3, 3) in phonopy's supercell order); ``harmonic`` passes
+    precomputed (harmonic FC, evaluations). Convergence is judged by :func:`converged_gradient`,
+    and also by ``frequency_error_target_THz`` when set, doubling the ensemble until the stochastic
+    error of every frequency is below it. Running out of steps or configurations is reported in
+    ``converged``/``status``, with the last state and the whole history.
+    """
+    start = time.perf_counter()
+    rng = np.random.default_rng(settings.seed)
+    model = supercell_model(atoms, supercell_matrix, settings)
+    fc_harmonic, evaluations = harmonic if harmonic is not None else harmonic_force_constants(model, potential, settings)
+    mass_outer, harmonic_dynamical, dynamical, _ = starting_dynamical_matrices(model, fc_harmonic, initial_force_constants, settings)
+    centroids = model.atoms.positions.copy()
+
+    n_configurations = settings.n_configurations
+    ensemble, history, stats = None, [], None
+    converged, status, n_stabilized = False, None, 0  # status: set where the loop stops early
+    # Noise that Φ carries from the ensemble that last moved it: its gradient error, its per-mode
+    # frequency errors and its size. The harmonic start carries none.
+    carried_error, carried_frequency_errors, carried_size = 0.0, None, 0
+    # Steps on one reweighted ensemble can overshoot into a two-step cycle: halve the step whenever
+    # the gradient grows on the same ensemble, back to full mixing on a fresh one.
+    step_scale, previous_gradient_norm = settings.mixing, np.inf
+    for step in range(settings.max_steps):
+        fresh = ensemble is None
+        if not fresh:
+            stats = ensemble_statistics(model, ensemble, dynamical, centroids, settings)
+            fresh = stats.effective_sample_fraction < settings.ess_threshold
+        if fresh:
+            modes = gaussian_modes(model, dynamical, settings)
+            ensemble = new_ensemble(model, potential, centroids, modes, n_configurations, rng, settings)
+            evaluations += len(ensemble.energies_eV)
+            stats = ensemble_statistics(model, ensemble, dynamical, centroids, settings)
+        gradient_norm, gradient_error = float(np.linalg.norm(stats.gradient)), stats.gradient_error
+        if fresh:
+            step_scale = settings.mixing
+        elif gradient_norm > previous_gradient_norm:
+            step_scale /= 2
+        previous_gradient_norm = gradient_norm
+        history.append(
+            SSCHAStep(
+                step=step,
+                n_configurations=len(ensemble.energies_eV),
+                new_ensemble=fresh,
+                effective_sample_fraction=stats.effective_sample_fraction,
+                free_energy_eV_atom=stats.free_energy_eV / model.n_atoms,
+                free_energy_error_eV_atom=stats.free_energy_error_eV / model.n_atoms,
+                gradient_norm=gradient_norm,
+                gradient_error=gradient_error,
+                max_frequency_error_THz=float(stats.frequency_errors_THz.max()),
+                min_frequency_THz=float(frequencies_THz(dynamical)[0]),
+                max_centroid_force_eV_A=float(np.abs(stats.mean_force_eV_A).max()),
+                n_stabilized_modes=n_stabilized,
+                n_potential_evaluations=evaluations,
+            )
+        )
+        log.info(
+            "SSCHA %g K step %d: F = %.5f eV/atom, |gradient| %.3g (noise %.3g), %d configurations%s, %d evaluations",
+            settings.temperature_K, step, history[-1].free_energy_eV_atom, gradient_norm, gradient_error,
+            len(ensemble.energies_eV), " (new)" if fresh else "", evaluations,
+        )
+        at_noise = converged_gradient(
+            gradient_norm, gradient_error, carried_error if fresh else 0.0, np.linalg.norm(dynamical), settings
+        )
+        if fresh and at_noise and n_stabilized == 0:
+            # An independent ensemble cannot tell the gradient from noise: Φ is self-consistent.
+            errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
+            target = settings.frequency_error_target_THz
+            if target is None or errors.max() <= target:
+                converged, status = True, "converged"
+                break
+            if carried_size >= settings.max_configurations:
+                status = f"frequency error {errors.max():.3g} THz above {target} THz with {carried_size} configurations"
+                break
+            # Errors scale as 1/sqrt(n): size the next ensembles for the target, and use this one.
+            needed = int(np.ceil(1.1 * max(carried_size, 2) * (errors.max() / target) ** 2 / 2)) * 2
+            n_configurations = min(max(n_configurations, needed), settings.max_configurations)
+        elif at_noise and not fresh:
+            if step == settings.max_steps - 1:
+                break  # no step left to check on a fresh ensemble; keep this one for the final statistics
+            # This ensemble has nothing more to say; check the result on an independent one.
+            ensemble = None
+            continue
+        step_matrix = preconditioned_step(model, dynamical, harmonic_dynamical, stats.gradient, settings)
+        dynamical = symmetrize_mass_weighted_fc(model, dynamical - step_scale * step_matrix)
+        dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
+        if settings.relax_centroids:
+            centroids = centroids + centroid_step(model, dynamical, stats.mean_force_eV_A, settings)
+        carried_error, carried_frequency_errors = gradient_error, stats.frequency_errors_THz
+        carried_size = len(ensemble.energies_eV)
+
+    status = status or unconverged_status(settings, n_stabilized)
+    final_errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
+    return sscha_result(
+        model, settings, "direct", converged, status, dynamical, centroids, fc_harmonic, final_errors, history,
+        sigma_A=anharmonicity_score(model, ensemble, stats.weights, fc_harmonic),
+        n_potential_evaluations=evaluations,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+def sscha_result(
+    model, settings, backend, converged, status, dynamical, centroids, fc_harmonic, mode_errors_THz, history, **fields
+) -> SSCHAResult:
+    """The result of a run ending at ``dynamical`` and ``centroids``: frequencies with their errors
+    (``mode_errors_THz`` in the order of the sampled modes), harmonic instabilities, commensurate and
+    mesh frequencies; the free energy is the last step's. ``fields``: sigma_A,
+    n_potential_evaluations, wall_time_s."""
+    from generate.harmonic import commensurate_qpoints
+
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    supercell = model.atoms.copy()
+    supercell.positions = centroids
+    fc = to_blocks(dynamical * mass_outer)
+    modes = gaussian_modes(model, dynamical, settings)
+    frequencies, errors = sorted_frequencies_with_errors(model, dynamical, modes, mode_errors_THz)
+    qpoints = commensurate_qpoints(model.phonon)
+    unstable = unstable_modes(model.phonon, fc_harmonic, qpoints)
+    commensurate, mesh = phonon_frequencies(model.phonon, fc, qpoints, settings.q_mesh)
+    return SSCHAResult(
+        temperature_K=settings.temperature_K,
+        quantum=settings.quantum,
+        backend=backend,
+        converged=converged,
+        status=status,
+        supercell=supercell,
+        force_constants_eV_A2=fc,
+        harmonic_force_constants_eV_A2=fc_harmonic,
+        supercell_frequencies_THz=frequencies,
+        supercell_frequency_errors_THz=errors,
+        harmonic_supercell_frequencies_THz=frequencies_THz(to_matrix(fc_harmonic) / mass_outer),
+        unstable_harmonic_modes=unstable,
+        free_energy_eV_atom=history[-1].free_energy_eV_atom,
+        free_energy_error_eV_atom=history[-1].free_energy_error_eV_atom,
+        history=tuple(history),
+        seed=settings.seed,
+        commensurate_qpoints=np.asarray(qpoints),
+        commensurate_frequencies_THz=commensurate,
+        mesh_qpoints=mesh[0],
+        mesh_weights=mesh[1],
+        mesh_frequencies_THz=mesh[2],
+        phonon=model.phonon,
+        **fields,
+    )
+
+
+def phonon_frequencies(phonon, fc: np.ndarray, qpoints: np.ndarray, q_mesh) -> tuple[np.ndarray, tuple]:
+    """Frequencies of supercell force constants at the commensurate q-points and on a Γ-centred mesh
+    (Fourier interpolation); sets them on ``phonon``. Returns (commensurate, (mesh q, weights, frequencies))."""
+    phonon.force_constants = fc
+    phonon.run_qpoints(qpoints)
+    commensurate = np.asarray(phonon.qpoints.frequencies)
+    phonon.run_mesh(q_mesh, is_gamma_center=True)
+    mesh = phonon.mesh
+    return commensurate, (np.asarray(mesh.qpoints), np.asarray(mesh.weights), np.asarray(mesh.frequencies))
+
+
+def symmetrize_mass_weighted_fc(model: SupercellModel, dynamical: np.ndarray) -> np.ndarray:
+    """Symmetrize D as force constants Φ = M^½ D M^½ (space group, sum rule when on)."""
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    return symmetrize_matrix(model, dynamical * mass_outer) / mass_outer
+
+
+def centroid_step(model: SupercellModel, dynamical: np.ndarray, mean_force_eV_A: np.ndarray, settings) -> np.ndarray:
+    """Newton step of the centroids along the symmetrized average force, with D as the Hessian.
+
+    The force is averaged over the space group first, so only internal coordinates that symmetry
+    leaves free move (in NaCl or a cubic perovskite nothing moves).
+    """
+    modes = gaussian_modes(model, dynamical, settings)
+    g = mean_force_eV_A.reshape(-1) / model.sqrt_masses
+    dv = modes.vectors @ ((modes.vectors.T @ g) / modes.omega**2)
+    return settings.mixing * (dv / model.sqrt_masses).reshape(-1, 3)
+
+
+def sorted_frequencies_with_errors(model, dynamical, modes: Modes, mode_errors_THz) -> tuple[np.ndarray, np.ndarray]:
+    """All 3N frequencies sorted, with the stochastic error of each (acoustic zero modes: 0)."""
+    sampled = modes.omega * THZ_PER_OMEGA
+    n_acoustic = 3 * model.n_atoms - sampled.size
+    frequencies = np.concatenate([np.zeros(n_acoustic), sampled])
+    errors = np.concatenate([np.zeros(n_acoustic), mode_errors_THz])
+    order = np.argsort(frequencies, kind="stable")
+    return frequencies[order], errors[order]
+
+
+def anharmonicity_score(model: SupercellModel, ensemble: Ensemble, weights, fc_harmonic) -> float:
+    """σᴬ = sqrt(Σ(f - f_harm)² / Σf²) over the (reweighted) ensemble, Knoop et al. PRM 4, 083809 (2020).
+
+    f_harm = -Φ_harm u with u measured from the reference (static equilibrium) positions; the
+    thermal ensemble is the SSCHA's Gaussian instead of molecular dynamics.
+    """
+    n = len(ensemble.energies_eV)
+    u = (ensemble.centroids_A + ensemble.displacements_A - model.atoms.positions).reshape(n, -1)
+    forces = ensemble.forces_eV_A.reshape(n, -1)
+    harmonic = -u @ to_matrix(fc_harmonic).T
+    return float(np.sqrt(np.sum(weights[:, None] * (forces - harmonic) ** 2) / np.sum(weights[:, None] * forces**2)))

@@ -1,0 +1,567 @@
+"""The surrogate engine: a sparse 2nd-4th order force-constant expansion (hiphive) fitted to a few
+dozen potential evaluations, the SCHA on it, and its verification against the potential."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from ase import Atoms
+
+from generate.sscha.direct import (
+    Ensemble,
+    anharmonicity_score,
+    centroid_step,
+    ensemble_statistics,
+    mode_frequency_errors_THz,
+    new_ensemble,
+    phonon_frequencies,
+    preconditioned_step,
+    run_sscha,
+    sscha_result,
+    starting_dynamical_matrices,
+    symmetrize_mass_weighted,
+    symmetrize_mass_weighted_fc,
+    unconverged_status,
+)
+from generate.sscha.expansion import ForceConstantExpansion, Monomials, harmonic_monomials, merge_monomials
+from generate.sscha.result import SSCHAResult, SSCHASettings, SSCHAStep, SurrogateReport
+from generate.sscha.supercell import (
+    THZ_PER_OMEGA,
+    SupercellModel,
+    eigen,
+    evaluate,
+    frequencies_THz,
+    gaussian_modes,
+    harmonic_force_constants,
+    harmonic_free_energy_eV,
+    stabilize,
+    supercell_model,
+    symmetrize_vector,
+    to_blocks,
+    to_matrix,
+)
+
+log = logging.getLogger("thermobench.sscha")
+
+
+# ----------------------------------------------------------------------------------------------
+# Surrogate backend: a sparse force-constant expansion fitted with hiphive
+
+
+@dataclass(frozen=True)
+class SurrogateSettings:
+    n_training_structures: int = 40  # displaced supercells evaluated by the potential for the first fit
+    cutoffs_A: tuple[float, float, float] | None = None  # orders 2, 3, 4; None: from cutoff_factors
+    # × nearest-neighbour distance. Quartic terms within the first shell only: on NaCl, 1.45 (second
+    # shell) lowered the verified force error from 0.113 to 0.107 for 3× the cluster-space time.
+    cutoff_factors: tuple[float, float, float] = (1.8, 1.8, 1.1)
+    fit_method: str = "ardr"  # trainstation: ardr | lasso | rfe | omp | least-squares | ...
+    averages: str = "analytic"  # SSCHA on the surrogate: exact Gaussian averages | "ensemble" (sampled)
+    n_configurations: int = 2000  # ensemble averages only: SSCHA ensembles on the surrogate
+    max_configurations: int = 64000
+    n_verification: int = 200  # fresh ensemble evaluated by the potential at the end
+    max_verification: int = 3200  # verification grows up to this to meet frequency_error_target_THz
+    refit_threshold_THz: float = 0.1  # refit (verification added to training) above this difference
+    max_refits: int = 2
+    correct: bool = True  # add the verified differences to the reported frequencies and free energy
+
+
+class quiet_hiphive:
+    """hiphive logs cluster-space summaries at INFO level; keep them out of our output."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("hiphive")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def surrogate_cutoffs(model: SupercellModel, settings: SurrogateSettings) -> tuple[list[float], int]:
+    """Cutoffs per order (explicit, or multiples of the nearest-neighbour distance) and the tiling of
+    the supercell that keeps them below half its smallest plane spacing, as hiphive requires."""
+    distances = model.atoms.get_all_distances(mic=True)
+    nearest = float(distances[distances > 1e-6].min())
+    cutoffs = list(settings.cutoffs_A) if settings.cutoffs_A is not None else [f * nearest for f in settings.cutoff_factors]
+    cell = model.atoms.cell.array
+    volume = abs(np.linalg.det(cell))
+    spacing = min(volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3))
+    tiling = int(np.floor(2 * max(cutoffs) / spacing)) + 1
+    return cutoffs, tiling
+
+
+@dataclass(frozen=True)
+class ParameterMonomials:
+    """One order of the folded expansion as a linear function of the cluster space's eigentensor
+    amplitudes a: the monomials' coefficients are ``basis @ a``."""
+
+    dofs: np.ndarray  # (T, order) int, sorted rows
+    basis: object = field(repr=False)  # scipy.sparse.csr_matrix (T, n_eigentensors)
+
+    @property
+    def order(self) -> int:
+        return self.dofs.shape[1]
+
+
+@dataclass(frozen=True)
+class SurrogateBasis:
+    """The cluster space of the surrogate and its eigentensors' folded monomials on the SSCHA supercell.
+
+    Amplitudes are ``amplitudes @ p`` for parameters p (hiphive's constraint map, which imposes the
+    acoustic sum rule). Keeping the map apart from the folded monomials keeps the monomial basis as
+    sparse as the orbits are (a few eigentensors per monomial instead of most parameters).
+    """
+
+    cluster_space: object = field(repr=False)
+    orders: tuple[ParameterMonomials, ...]
+    amplitudes: np.ndarray = field(repr=False)  # (n_eigentensors, n_parameters)
+    cutoffs_A: tuple[float, ...]
+    tiling: int
+
+    @property
+    def n_parameters(self) -> int:
+        return int(self.cluster_space.n_dofs)
+
+    def monomials(self, parameters: np.ndarray) -> list[Monomials]:
+        """The expansion of ``parameters`` on the supercell, one :class:`Monomials` per order."""
+        amplitudes = self.amplitudes @ parameters
+        return [Monomials(dofs=m.dofs, coefficients=m.basis @ amplitudes) for m in self.orders]
+
+
+def surrogate_basis(atoms: Atoms, model: SupercellModel, settings: "SurrogateSettings") -> SurrogateBasis:
+    """Build the hiphive cluster space once and fold every eigentensor onto the supercell.
+
+    hiphive needs cutoffs below half the cell it works in, so its force-constant model is built on
+    the supercell tiled (:func:`surrogate_cutoffs`); a cluster's tensor is Σ_i a_i E_i over its
+    orientation family's eigentensors E_i. Folding its atoms onto the supercell as in
+    :func:`folded_monomials` gives monomial coefficients linear in the amplitudes a, so fits and
+    refits need neither hiphive's per-structure fit matrices nor its force constants.
+    """
+    from collections import Counter
+    from math import factorial, prod
+
+    from hiphive import ClusterSpace
+    from hiphive.force_constant_model import ForceConstantModel
+    from scipy.sparse import coo_matrix
+
+    cutoffs, tiling = surrogate_cutoffs(model, settings)
+    tiled = model.atoms.repeat(tiling)  # copies in order: tiled atom k is atom k mod N
+    n_atoms = model.n_atoms
+    with quiet_hiphive():
+        cluster_space = ClusterSpace(atoms, cutoffs)
+        fcm = ForceConstantModel(tiled, cluster_space)
+    n_dofs = 3 * n_atoms
+    amplitudes = np.asarray(cluster_space._map_parameters(np.eye(cluster_space.n_dofs)))  # (n_eigentensors, P)
+    n_eigentensors = amplitudes.shape[0]
+    triplets = {}  # order -> lists of (monomial keys, eigentensor columns, values)
+    start = 0
+    for orbit in fcm.orbits:
+        n_eigen = len(orbit.eigentensors)
+        if n_eigen == 0:
+            continue  # no free parameters (hiphive leaves such orbits at zero)
+        order = orbit.order
+        columns = start + np.arange(n_eigen)
+        start += n_eigen
+        if not np.any(amplitudes[columns]):
+            continue  # the constraints pin this orbit to zero
+        alphas = np.array(np.unravel_index(np.arange(3**order), (3,) * order)).T  # (3^n, n)
+        for family in orbit.orientation_families:
+            clusters = np.array([fcm.cluster_list[i] for i in family.cluster_indices])  # (n_c, order)
+            # The family holds each cluster's images under the supercell's translations (one per
+            # copy), all folding to the same monomials: keep the one whose first atom is in the first
+            # copy, which is the energy per copy.
+            clusters = clusters[clusters[:, 0] < n_atoms]
+            weights = np.array([1.0 / prod(factorial(m) for m in Counter(c).values()) for c in clusters])
+            local = np.array(family.eigentensors).reshape(n_eigen, -1).T  # (3^n, n_eigen)
+            components = np.nonzero(np.any(local != 0, axis=1))[0]  # tensor components that can be nonzero
+            dofs = np.sort(3 * (clusters[:, None, :] % n_atoms) + alphas[None, components], axis=2)  # (n_c, n_a, n)
+            keys = dofs @ n_dofs ** np.arange(order)  # one integer per monomial
+            values = weights[:, None, None] * local[None, components]  # (n_c, n_a, n_eigen)
+            nonzero = values != 0
+            c, a, j = np.nonzero(nonzero)
+            rows, cols, data = triplets.setdefault(order, ([], [], []))
+            rows.append(keys[c, a])
+            cols.append(columns[j])
+            data.append(values[nonzero])
+    orders = []
+    for order in sorted(triplets):
+        keys, cols, data = (np.concatenate(x) for x in triplets[order])
+        unique, inverse = np.unique(keys, return_inverse=True)
+        dofs = (unique[:, None] // n_dofs ** np.arange(order)) % n_dofs
+        basis = coo_matrix((data, (inverse.reshape(-1), cols)), shape=(len(unique), n_eigentensors)).tocsr()
+        basis.sum_duplicates()
+        orders.append(ParameterMonomials(dofs=np.ascontiguousarray(dofs), basis=basis))
+    return SurrogateBasis(
+        cluster_space=cluster_space, orders=tuple(orders), amplitudes=amplitudes, cutoffs_A=tuple(cutoffs), tiling=tiling
+    )
+
+
+def monomial_partials(u: np.ndarray, dofs: np.ndarray) -> list[np.ndarray]:
+    """∂/∂(factor k) of each monomial Π_k u[:, dofs[:, k]]: the product of the other factors, (B, T) each."""
+    columns = [u[:, dofs[:, k]] for k in range(dofs.shape[1])]
+    partials = []
+    for k in range(len(columns)):
+        product = np.ones_like(columns[0])
+        for m, column in enumerate(columns):
+            if m != k:
+                product = product * column
+        partials.append(product)
+    return partials
+
+
+def surrogate_fit_matrix(basis: SurrogateBasis, displacements_A: np.ndarray) -> np.ndarray:
+    """(3N·B, P): the forces of displacements (B, N, 3) are this matrix times the parameters.
+
+    Forces are -∂V/∂u. Each nonzero b of the monomial basis (monomial t, eigentensor e) adds, for
+    every factor k of t, -b × (the product of t's other factors) to the entry (t's k-th dof, e):
+    per factor a sparse (dof·e, t) matrix times the dense (t, configurations) partial products.
+    The amplitude map then turns eigentensor columns into parameter columns.
+    """
+    from scipy.sparse import csr_matrix
+
+    n, n_dofs = len(displacements_A), displacements_A[0].size
+    n_eigentensors = basis.amplitudes.shape[0]
+    u = displacements_A.reshape(n, -1)
+    out = np.zeros((n_dofs * n_eigentensors, n))
+    for monomials in basis.orders:
+        entries = monomials.basis.tocoo()
+        partials = monomial_partials(u, monomials.dofs)
+        for k in range(monomials.order):
+            scatter = csr_matrix(
+                (entries.data, (monomials.dofs[entries.row, k] * n_eigentensors + entries.col, entries.row)),
+                shape=(n_dofs * n_eigentensors, len(monomials.dofs)),
+            )
+            out -= scatter @ partials[k].T
+    by_configuration = out.reshape(n_dofs, n_eigentensors, n).transpose(2, 0, 1)
+    return by_configuration.reshape(n * n_dofs, n_eigentensors) @ basis.amplitudes
+
+
+def fit_surrogate(
+    basis: SurrogateBasis, model, fc_harmonic, energy0_eV, displacements_A, forces_eV_A, settings, seed, fit_matrix=None
+):
+    """Fit the cluster space's parameters to what Φ_harm misses in the given forces (trainstation,
+    ``settings.fit_method``) and return Φ_harm plus the fit as one :class:`ForceConstantExpansion`.
+
+    The finite-displacement Φ_harm already holds every pair the supercell can see; the fit adds the
+    anharmonic terms and a 2nd-order correction within the cutoffs. Each configuration gives 3N
+    force rows on the supercell itself (the tiled copies would only repeat them). ``fit_matrix``:
+    :func:`surrogate_fit_matrix` of the displacements, when already at hand.
+    """
+    from trainstation import Optimizer
+
+    matrix = to_matrix(fc_harmonic)
+    n = len(displacements_A)
+    residual = forces_eV_A.reshape(n, -1) + displacements_A.reshape(n, -1) @ matrix.T
+    fit_matrix = surrogate_fit_matrix(basis, displacements_A) if fit_matrix is None else fit_matrix
+    # No condition-number check: the sparse fits (ARDR, LASSO) exist for ill-conditioned cluster
+    # spaces, so its warning would flag every fit and its SVD of the fit matrix costs time.
+    optimizer = Optimizer((fit_matrix, residual.reshape(-1)), fit_method=settings.fit_method, train_size=0.9, seed=seed,
+                          check_condition=False)
+    with quiet_hiphive():
+        optimizer.train()
+    harmonic = harmonic_monomials(matrix)
+    fitted = {}
+    for monomials in basis.monomials(optimizer.parameters):
+        keep = np.abs(monomials.coefficients) > 1e-14
+        fitted[monomials.order] = Monomials(dofs=monomials.dofs[keep], coefficients=monomials.coefficients[keep])
+    if 2 in fitted:
+        harmonic = merge_monomials(
+            np.concatenate([harmonic.dofs, fitted[2].dofs]),
+            np.concatenate([harmonic.coefficients, fitted[2].coefficients]),
+        )
+    orders = [harmonic] + [fitted[n] for n in sorted(fitted) if n != 2]
+    return ForceConstantExpansion(model.atoms, energy0_eV, orders), optimizer
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The potential against the surrogate on one ensemble of the surrogate's final auxiliary system."""
+
+    ensemble: Ensemble  # evaluated by the potential
+    surrogate_energies_eV: np.ndarray
+    surrogate_forces_eV_A: np.ndarray
+    corrected_dynamical: np.ndarray  # one SSCHA step with the paired difference of the two gradients
+    difference_errors_THz: np.ndarray  # per mode of the surrogate's auxiliary system
+    free_energy_difference_eV: float  # <V - V_surrogate>
+    free_energy_difference_error_eV: float
+
+
+def verify_surrogate(
+    model, potential, expansion, dynamical, centroids_A, harmonic_dynamical, settings, surrogate, rng, target_THz,
+    refit_threshold_THz=None,
+):
+    """Evaluate a fresh ensemble of ``dynamical`` with both and move D by the difference of the gradients.
+
+    Potential and surrogate see the same displacements, so their gradients share the sampling noise
+    and the difference ⟨∂²V_surrogate⟩ - ⟨∂²V⟩ has only the noise of the force difference: the
+    surrogate acts as a control variate for the potential. The ensemble grows (doubling, up to
+    ``surrogate.max_verification``) until the difference's frequency error is below ``target_THz``,
+    unless a frequency already moves by more than ``refit_threshold_THz`` beyond 3 standard errors:
+    then the surrogate will be refitted anyway and more precision here would be wasted.
+    """
+    modes = gaussian_modes(model, dynamical, settings)
+    surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
+    ensemble, n_new = None, surrogate.n_verification
+    while True:
+        fresh = new_ensemble(model, potential, centroids_A, modes, n_new, rng, settings)
+        ensemble = fresh if ensemble is None else concatenate_ensembles(ensemble, fresh)
+        energies_s, forces_s = expansion.energies_and_forces(ensemble.centroids_A + ensemble.displacements_A - expansion.reference)
+        stats_real = ensemble_statistics(model, ensemble, dynamical, centroids_A, settings)
+        surrogate_ensemble = replace(ensemble, energies_eV=energies_s, forces_eV_A=forces_s)
+        stats_surrogate = ensemble_statistics(model, surrogate_ensemble, dynamical, centroids_A, settings)
+        batch_differences = stats_real.batch_gradients - stats_surrogate.batch_gradients
+        errors = mode_frequency_errors_THz(modes, batch_differences, stats_real.batch_weights)
+        difference = stats_real.gradient - stats_surrogate.gradient
+        step = preconditioned_step(model, dynamical, harmonic_dynamical, difference, settings)
+        corrected = symmetrize_mass_weighted_fc(model, dynamical - step)
+        shift = np.abs(signed_mode_frequencies_THz(model, corrected) - surrogate_frequencies)
+        size = len(ensemble.energies_eV)
+        if target_THz is None or errors.max() <= target_THz or size >= surrogate.max_verification:
+            break
+        if refit_threshold_THz is not None and (shift - 3 * errors).max() > refit_threshold_THz:
+            break
+        needed = int(np.ceil(1.1 * size * (errors.max() / target_THz) ** 2 / 2)) * 2
+        n_new = min(needed, surrogate.max_verification) - size
+    pair_means = (ensemble.energies_eV - energies_s).reshape(-1, 2).mean(axis=1)
+    return Verification(
+        ensemble=ensemble,
+        surrogate_energies_eV=energies_s,
+        surrogate_forces_eV_A=forces_s,
+        corrected_dynamical=corrected,
+        difference_errors_THz=errors,
+        free_energy_difference_eV=float(pair_means.mean()),
+        free_energy_difference_error_eV=float(pair_means.std(ddof=1) / np.sqrt(len(pair_means))),
+    )
+
+
+def concatenate_ensembles(first: Ensemble, second: Ensemble) -> Ensemble:
+    """Two ensembles of one Gaussian around the same centroids (antithetic pairs stay adjacent)."""
+    return Ensemble(
+        centroids_A=first.centroids_A,
+        displacements_A=np.concatenate([first.displacements_A, second.displacements_A]),
+        log_density=np.concatenate([first.log_density, second.log_density]),
+        energies_eV=np.concatenate([first.energies_eV, second.energies_eV]),
+        forces_eV_A=np.concatenate([first.forces_eV_A, second.forces_eV_A]),
+    )
+
+
+def signed_mode_frequencies_THz(model: SupercellModel, dynamical: np.ndarray) -> np.ndarray:
+    values, _ = eigen(model, dynamical)
+    return np.sign(values) * np.sqrt(np.abs(values)) * THZ_PER_OMEGA
+
+
+def run_scha_on_expansion(
+    atoms: Atoms,
+    expansion: ForceConstantExpansion,
+    supercell_matrix,
+    settings: SSCHASettings,
+    *,
+    harmonic: tuple[np.ndarray, int],
+    initial_force_constants: np.ndarray | None = None,
+    tolerance: float = 1e-9,
+) -> SSCHAResult:
+    """The SSCHA on a force-constant expansion with exact Gaussian averages instead of ensembles.
+
+    Same start, update (:func:`preconditioned_step`, symmetrization, stabilization, centroid
+    relaxation) and result as :func:`run_sscha`, but ⟨∂²V⟩, ⟨∂V⟩ and ⟨V⟩ come from
+    :meth:`ForceConstantExpansion.gaussian_averages`: the infinite-ensemble limit, without
+    stochastic error. Converged when the gradient is below ``tolerance`` × |D| and the symmetrized
+    mean force below 1e-6 eV/Å with no mode held up by the stabilization floor.
+    """
+    start = time.perf_counter()
+    model = supercell_model(atoms, supercell_matrix, settings)
+    fc_harmonic, evaluations = harmonic
+    mass_outer, harmonic_dynamical, dynamical, n_stabilized = starting_dynamical_matrices(
+        model, fc_harmonic, initial_force_constants, settings
+    )
+    centroids = model.atoms.positions.copy()
+    history, converged, status = [], False, None
+    for step in range(settings.max_steps):
+        modes = gaussian_modes(model, dynamical, settings)
+        covariance = (modes.vectors * modes.variance) @ modes.vectors.T / mass_outer
+        energy, gradient_u, hessian = expansion.gaussian_averages(centroids - expansion.reference, covariance)
+        gradient = symmetrize_mass_weighted(model, dynamical - hessian / mass_outer)
+        mean_force = symmetrize_vector(model, -gradient_u.reshape(-1, 3))
+        potential_harmonic = 0.5 * np.sum(modes.omega**2 * modes.variance)  # ⟨½ vᵀ D v⟩
+        free_energy = harmonic_free_energy_eV(modes, settings.temperature_K, settings.quantum) + energy - potential_harmonic
+        gradient_norm = float(np.linalg.norm(gradient))
+        history.append(
+            SSCHAStep(
+                step=step,
+                n_configurations=0,
+                new_ensemble=False,
+                effective_sample_fraction=1.0,
+                free_energy_eV_atom=free_energy / model.n_atoms,
+                free_energy_error_eV_atom=0.0,
+                gradient_norm=gradient_norm,
+                gradient_error=0.0,
+                max_frequency_error_THz=0.0,
+                min_frequency_THz=float(frequencies_THz(dynamical)[0]),
+                max_centroid_force_eV_A=float(np.abs(mean_force).max()),
+                n_stabilized_modes=n_stabilized,
+                n_potential_evaluations=evaluations,
+            )
+        )
+        force_settled = not settings.relax_centroids or np.abs(mean_force).max() <= 1e-6
+        if gradient_norm <= tolerance * np.linalg.norm(dynamical) and force_settled and n_stabilized == 0:
+            converged, status = True, "converged"
+            break
+        step_matrix = preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings)
+        dynamical = symmetrize_mass_weighted_fc(model, dynamical - settings.mixing * step_matrix)
+        dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
+        if settings.relax_centroids:
+            centroids = centroids + centroid_step(model, dynamical, mean_force, settings)
+    if not converged:
+        status = unconverged_status(settings, n_stabilized)
+    n_modes = model.basis.shape[1]
+    return sscha_result(
+        model, settings, "surrogate", converged, status, dynamical, centroids, fc_harmonic, np.zeros(n_modes), history,
+        sigma_A=float("nan"),  # needs forces of an ensemble; run_sscha_surrogate takes it from the verification
+        n_potential_evaluations=evaluations,
+        wall_time_s=time.perf_counter() - start,
+    )
+
+
+def run_sscha_surrogate(
+    atoms: Atoms,
+    potential,
+    supercell_matrix,
+    settings: SSCHASettings = SSCHASettings(),
+    surrogate: SurrogateSettings = SurrogateSettings(),
+) -> SSCHAResult:
+    """The SSCHA on a hiphive surrogate of ``potential``, verified (and corrected) with the potential.
+
+    1. Φ_harm by finite displacements, E0, and ``n_training_structures`` configurations of the
+       stabilized harmonic Gaussian, all from the potential; fit the surrogate (:func:`fit_surrogate`).
+    2. The SSCHA on the surrogate: with ``surrogate.averages == "analytic"`` (default) by
+       :func:`run_scha_on_expansion`, exactly, so that the verification alone carries stochastic
+       error; with ``"ensemble"`` by :func:`run_sscha` with ``surrogate.n_configurations`` per
+       ensemble, to half of ``frequency_error_target_THz``.
+    3. :func:`verify_surrogate` on a fresh ensemble of the result. If the frequencies move by more
+       than ``refit_threshold_THz``, the verification configurations join the training set and 1-3
+       repeat (at most ``max_refits`` times), starting from the last result.
+    4. With ``surrogate.correct`` the reported Φ is the verified one (one SSCHA step with the
+       potential's forces, paired with the surrogate's) and F gets ⟨V - V_surrogate⟩; the reported
+       errors combine the surrogate run's and the verification's. ``n_potential_evaluations``
+       counts every potential call; the surrogate's own count is in the report.
+    """
+    from generate.harmonic import commensurate_qpoints
+
+    if surrogate.averages not in ("analytic", "ensemble"):
+        raise ValueError(f"surrogate.averages must be 'analytic' or 'ensemble', not {surrogate.averages!r}")
+    analytic = surrogate.averages == "analytic"
+    start = time.perf_counter()
+    rng = np.random.default_rng([settings.seed, 1])  # a stream apart from the SSCHA's own
+    model = supercell_model(atoms, supercell_matrix, settings)
+    basis = surrogate_basis(atoms, model, surrogate)
+    fc_harmonic, evaluations = harmonic_force_constants(model, potential, settings)
+    energy0 = float(evaluate(potential, [model.atoms], settings.max_atoms_per_chunk)[0][0])
+    evaluations += 1
+    mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
+    harmonic_dynamical = to_matrix(fc_harmonic) / mass_outer
+    start_dynamical, _ = stabilize(model, harmonic_dynamical, settings.min_frequency_THz)
+    training = new_ensemble(
+        model, potential, model.atoms.positions, gaussian_modes(model, start_dynamical, settings),
+        surrogate.n_training_structures, rng, settings,
+    )
+    evaluations += len(training.energies_eV)
+    displacements, forces = training.displacements_A, training.forces_eV_A
+    target = settings.frequency_error_target_THz
+    cheap = replace(
+        settings,
+        n_configurations=surrogate.n_configurations,
+        max_configurations=surrogate.max_configurations,
+        frequency_error_target_THz=None if target is None else target / 2,
+    )
+    initial, n_surrogate_evaluations = None, 0
+    fit_matrix = surrogate_fit_matrix(basis, displacements)
+    for fit in range(surrogate.max_refits + 1):
+        expansion, optimizer = fit_surrogate(
+            basis, model, fc_harmonic, energy0, displacements, forces, surrogate, settings.seed, fit_matrix=fit_matrix
+        )
+        if analytic:
+            result = run_scha_on_expansion(
+                atoms, expansion, supercell_matrix, settings, harmonic=(fc_harmonic, 0), initial_force_constants=initial
+            )
+        else:
+            result = run_sscha(atoms, expansion, supercell_matrix, cheap, harmonic=(fc_harmonic, 0), initial_force_constants=initial)
+        n_surrogate_evaluations += result.n_potential_evaluations
+        dynamical = to_matrix(result.force_constants_eV_A2) / mass_outer
+        centroids = result.supercell.positions
+        check = verify_surrogate(
+            model, potential, expansion, dynamical, centroids, harmonic_dynamical, settings, surrogate, rng,
+            None if target is None else target if analytic else target * np.sqrt(3) / 2,
+            refit_threshold_THz=surrogate.refit_threshold_THz if fit < surrogate.max_refits else None,
+        )
+        evaluations += len(check.ensemble.energies_eV)
+        surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
+        shift = signed_mode_frequencies_THz(model, check.corrected_dynamical) - surrogate_frequencies
+        log.info("surrogate fit %d: %d training structures, verification shifts up to %.3f THz, %d potential evaluations",
+                 fit + 1, len(displacements), float(np.abs(shift).max()), evaluations)
+        if np.abs(shift).max() <= surrogate.refit_threshold_THz or fit == surrogate.max_refits:
+            break
+        added = check.ensemble.centroids_A + check.ensemble.displacements_A - model.atoms.positions
+        displacements = np.concatenate([displacements, added])
+        forces = np.concatenate([forces, check.ensemble.forces_eV_A])
+        fit_matrix = np.concatenate([fit_matrix, surrogate_fit_matrix(basis, added)])
+        initial = result.force_constants_eV_A2
+
+    real = check.ensemble
+    rmse = float(np.sqrt(np.mean((check.surrogate_forces_eV_A - real.forces_eV_A) ** 2)))
+    modes = gaussian_modes(model, dynamical, settings)
+    surrogate_errors = result.supercell_frequency_errors_THz[3 * model.n_atoms - modes.omega.size :]
+    # run_sscha's errors come sorted by frequency, as eigh orders the modes of D, so they line up.
+    report = SurrogateReport(
+        n_training_structures=len(displacements),
+        n_fits=fit + 1,
+        n_parameters=int(optimizer.n_parameters),
+        n_nonzero_parameters=int(optimizer.n_nonzero_parameters),
+        n_monomials=expansion.n_monomials,
+        training_force_rmse_eV_A=float(optimizer.rmse_train),
+        n_verification=len(real.energies_eV),
+        verification_force_rmse_eV_A=rmse,
+        verification_relative_force_error=rmse / float(np.sqrt(np.mean(real.forces_eV_A**2))),
+        max_frequency_difference_THz=float(np.abs(shift).max()),
+        frequency_difference_error_THz=float(check.difference_errors_THz.max()),
+        free_energy_difference_eV_atom=check.free_energy_difference_eV / model.n_atoms,
+        free_energy_difference_error_eV_atom=check.free_energy_difference_error_eV / model.n_atoms,
+        surrogate_frequency_error_THz=float(surrogate_errors.max()) if surrogate_errors.size else 0.0,
+        corrected=surrogate.correct,
+        n_surrogate_evaluations=n_surrogate_evaluations,
+    )
+    sigma_a = anharmonicity_score(model, real, np.full(len(real.energies_eV), 1.0 / len(real.energies_eV)), fc_harmonic)
+    changes = dict(
+        backend="surrogate",
+        n_potential_evaluations=evaluations,
+        surrogate=report,
+        sigma_A=sigma_a,
+        wall_time_s=time.perf_counter() - start,
+    )
+    if surrogate.correct:
+        corrected = check.corrected_dynamical
+        fc = to_blocks(corrected * mass_outer)
+        mode_errors = np.sqrt(surrogate_errors**2 + check.difference_errors_THz**2)
+        n_acoustic = 3 * model.n_atoms - modes.omega.size
+        frequencies = np.concatenate([np.zeros(n_acoustic), signed_mode_frequencies_THz(model, corrected)])
+        errors = np.concatenate([np.zeros(n_acoustic), mode_errors])
+        order = np.argsort(frequencies, kind="stable")
+        frequencies, errors = frequencies[order], errors[order]
+        commensurate, mesh = phonon_frequencies(result.phonon, fc, commensurate_qpoints(result.phonon), settings.q_mesh)
+        changes.update(
+            force_constants_eV_A2=fc,
+            supercell_frequencies_THz=frequencies,
+            supercell_frequency_errors_THz=errors,
+            free_energy_eV_atom=result.free_energy_eV_atom + report.free_energy_difference_eV_atom,
+            free_energy_error_eV_atom=float(np.hypot(result.free_energy_error_eV_atom, report.free_energy_difference_error_eV_atom)),
+            commensurate_frequencies_THz=commensurate,
+            mesh_qpoints=mesh[0],
+            mesh_weights=mesh[1],
+            mesh_frequencies_THz=mesh[2],
+        )
+    return replace(result, **changes)

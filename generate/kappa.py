@@ -840,13 +840,11 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
 
     from omegaconf import OmegaConf
 
-    from generate.pipeline import load_model
+    from generate import checks
     from generate.relax import RelaxSettings, relax
     from generate.sscha import SSCHASettings, run_sscha
+    from thermobench.potentials import check_structure, load_named_potential
     from thermobench.structures import load_structure
-
-    from generate import checks
-    from thermobench.potentials import check_structure
 
     # Every setting is checked before the structure is read or a potential evaluated.
     settings = settings_from_dict(OmegaConf.to_container(cfg.kappa, resolve=True))
@@ -860,7 +858,7 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
     if cfg.get("born_file") and not Path(cfg.born_file).is_file():
         raise FileNotFoundError(f"born_file {cfg.born_file} does not exist")
     atoms = load_structure(str(cfg.structure))
-    loaded = load_model(str(cfg.potential), device=cfg.device)  # a matgl checkpoint, or EMT (tests)
+    loaded = load_named_potential(str(cfg.potential), device=cfg.device)  # a matgl checkpoint, or EMT (tests)
     check_structure(atoms, loaded.element_types, str(cfg.structure))
     potential = loaded.model
     if cfg.relax:

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from thermobench.families import Material
+from thermobench.potentials import LoadedPotential, load_named_potential, named_potential_sha256
 
-EMT_ELEMENTS = ("H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")
 RECORD_VERSION = "1"
 
 
@@ -107,53 +107,6 @@ def check_settings(settings: dict) -> None:
 def fingerprint(settings: dict, potential_sha256: str) -> str:
     payload = json.dumps({"settings": settings, "potential_sha256": potential_sha256}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
-# Potentials (cached per worker process)
-
-_POTENTIALS: dict = {}
-
-
-@dataclass(frozen=True)
-class LoadedPotential:
-    name: str
-    sha256: str
-    model: object  # matgl Potential or ASE calculator: what the force functions take
-    calculator: object  # ASE calculator for relaxation
-    element_types: tuple[str, ...]
-
-
-def load_model(name: str, device: str = "cpu") -> LoadedPotential:
-    """A potential by name: a matgl checkpoint, or ``EMT`` (ASE's effective-medium theory, for tests)."""
-    key = (name, device)
-    if key in _POTENTIALS:
-        return _POTENTIALS[key]
-    if name == "EMT":
-        import ase
-        from ase.calculators.emt import EMT
-
-        calculator = EMT()
-        sha = hashlib.sha256(f"ase.calculators.emt.EMT ase=={ase.__version__}".encode()).hexdigest()
-        loaded = LoadedPotential("EMT", sha, calculator, calculator, EMT_ELEMENTS)
-    else:
-        from thermobench.potentials import ThermobenchCalculator, load_potential
-
-        potential = load_potential(name, device=device)
-        calculator = ThermobenchCalculator(potential, stress_unit="eV/A3")
-        info = potential.thermobench_info
-        loaded = LoadedPotential(info["name"], info["sha256"], potential, calculator, tuple(potential.model.element_types))
-    _POTENTIALS[key] = loaded
-    return loaded
-
-
-def potential_sha256(name: str) -> str:
-    """Checksum of a potential without loading it (the driver only needs it for the fingerprint)."""
-    if name == "EMT":
-        return load_model("EMT").sha256
-    from thermobench.potentials import checkpoint_sha256, resolve_model_dir
-
-    return checkpoint_sha256(resolve_model_dir(name))
 
 
 def package_versions() -> dict:
@@ -309,7 +262,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     from thermobench.potentials import check_structure
 
     atoms = _stage("load", material.atoms)
-    loaded = potential if potential is not None else _stage("potential", load_model, settings["potential"], device)
+    loaded = potential if potential is not None else _stage("potential", load_named_potential, settings["potential"], device)
     _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})")
     sc = settings["supercell"]
     _stage("check", choose_supercell, atoms, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"))  # before the relaxation
@@ -336,7 +289,6 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     )
     harmonic = _stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings)
     fc_harmonic = np.asarray(harmonic.phonon.force_constants)
-    n_prim = len(harmonic.phonon.primitive)
     n_super = len(harmonic.phonon.supercell)
 
     sg = _stage("symmetry", _spacegroup_number_symbol, cell, symprec)
@@ -674,7 +626,7 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"duplicate material ids in the source: {duplicates}")
-    sha = potential.sha256 if potential is not None else potential_sha256(settings["potential"])
+    sha = potential.sha256 if potential is not None else named_potential_sha256(settings["potential"])
     folder, info = open_run_folder(Path(cfg.out_dir), settings, sha)
     print(f"[generate] records in {folder.root} (settings fingerprint {info['fingerprint'][:12]})")
     if info["other_settings"]:

@@ -18,7 +18,7 @@ import pytest
 from generate.pipeline import (
     choose_supercell,
     frequency_shifts,
-    load_model,
+    load_named_potential,
     mode_thermodynamics,
     run,
 )
@@ -214,7 +214,7 @@ def test_choose_supercell_bounds():
 
 
 def test_emt_potential_provenance():
-    loaded = load_model("EMT")
+    loaded = load_named_potential("EMT")
     assert loaded.name == "EMT" and len(loaded.sha256) == 64 and "Cu" in loaded.element_types
 
 

@@ -2,8 +2,6 @@
 
 import json
 from dataclasses import replace
-import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """A label must not depend on how many threads computed it (BLAS/LAPACK, OpenMP, torch)."""
 
-import json
 import os
 import subprocess
 import sys

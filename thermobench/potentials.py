@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matgl
 import numpy as np
 import torch
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
-
-import matgl
 from matgl.apps.pes import Potential
 from matgl.ext.ase import Atoms2Graph, PESCalculator
 
@@ -177,6 +176,49 @@ class ThermobenchCalculator(PESCalculator):
 def load_calculator(name_or_path: str | os.PathLike = DEFAULT_POTENTIAL, device: str = "cpu") -> PESCalculator:
     """ASE calculator for a potential; stress in eV/A^3 as ASE filters and optimizers expect."""
     return ThermobenchCalculator(load_potential(name_or_path, device=device), stress_unit="eV/A3")
+
+
+EMT_ELEMENTS = ("H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au")  # what ASE's EMT parametrizes
+
+_LOADED: dict = {}
+
+
+@dataclass(frozen=True)
+class LoadedPotential:
+    name: str
+    sha256: str
+    model: object  # matgl Potential or ASE calculator: what the force functions take
+    calculator: object  # ASE calculator for relaxation
+    element_types: tuple[str, ...]
+
+
+def load_named_potential(name: str, device: str = "cpu") -> LoadedPotential:
+    """A potential by name with its calculator and provenance, cached per process: a matgl checkpoint
+    (see :func:`load_potential`), or ``EMT`` (ASE's effective-medium theory, for tests)."""
+    key = (name, device)
+    if key in _LOADED:
+        return _LOADED[key]
+    if name == "EMT":
+        import ase
+        from ase.calculators.emt import EMT
+
+        calculator = EMT()
+        sha = hashlib.sha256(f"ase.calculators.emt.EMT ase=={ase.__version__}".encode()).hexdigest()
+        loaded = LoadedPotential("EMT", sha, calculator, calculator, EMT_ELEMENTS)
+    else:
+        potential = load_potential(name, device=device)
+        calculator = ThermobenchCalculator(potential, stress_unit="eV/A3")
+        info = potential.thermobench_info
+        loaded = LoadedPotential(info["name"], info["sha256"], potential, calculator, tuple(potential.model.element_types))
+    _LOADED[key] = loaded
+    return loaded
+
+
+def named_potential_sha256(name: str) -> str:
+    """Checksum of a potential without loading it (the driver only needs it for the fingerprint)."""
+    if name == "EMT":
+        return load_named_potential("EMT").sha256
+    return checkpoint_sha256(resolve_model_dir(name))
 
 
 @dataclass(frozen=True)

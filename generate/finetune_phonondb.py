@@ -213,6 +213,13 @@ def finetune_at_scale(config) -> dict:
                 handle.write(json.dumps(record) + "\n")
             save(best=improved)
 
+    if "parity_drift" not in state and config.parity_dir:
+        from generate.finetune import parity_drift
+        from generate.relax import RelaxSettings
+
+        selected = load_potential(str(out / "best"))
+        state["parity_drift"] = parity_drift(base, selected, Path(config.parity_dir), RelaxSettings(fmax_eV_A=1e-3, max_steps=300))
+        save(best=False)
     report = {
         "base_potential": describe(base),
         "data": {"source": "phonondb", "mirror_commit": MIRROR_COMMIT, "split": "train (fixed hash split, thermobench/data/phonondb/index.csv)",
@@ -226,7 +233,48 @@ def finetune_at_scale(config) -> dict:
         "supercells_seen": state["step"] * source.materials_per_step * (source.displacements_per_step + 1),
         "history": state["history"],
         "best": state["best"],
+        "parity_drift": state.get("parity_drift", {"available": False}),
         "wall_time_s": state["wall_s"],
     }
     (out / "finetune_report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "best" / "README.md").write_text(model_card(report, config))
     return report
+
+
+def model_card(report: dict, config) -> str:
+    """The shipped model's card: data, split, recipe, selection, drift, licence and citation."""
+    from thermobench.phonondb import CITATION, MIRROR_URL
+
+    base, data, best = report["base_potential"], report["data"], report["best"]
+    drift = report["parity_drift"]
+    drift_text = (
+        f"Parity structures ({drift['structures']}): max lattice-constant change "
+        f"{drift['lattice_constant_change_percent_max_abs']:.2f} %, mean |ΔE| "
+        f"{1000 * drift['energy_abs_change_eV_atom_mean']:.1f} meV/atom."
+        if drift.get("available") else "Parity drift not computed."
+    )
+    return f"""# {base.get('name')} fine-tuned on the Kyoto phonon database (PBEsol)
+
+- Base: `{base.get('name')}` (sha256 `{base.get('sha256')}`), matgl {base.get('matgl_version')}; loads through
+  `thermobench.potentials.load_potential`, which applies the message-passing convention recorded in `model.json`.
+- Data: phonondb (A. Togo, 2018-04-17, VASP PBEsol, 0.01 Å finite displacements, CC BY 4.0), mirror
+  {MIRROR_URL} at commit `{data['mirror_commit']}`; the fixed hash split of
+  `thermobench/data/phonondb/index.csv`: {data['train_materials']} training materials with DFT supercells of at most
+  {data['max_supercell_atoms']} atoms ({data['train_materials_read']} of them seen in {report['hyperparameters']['max_steps']}
+  steps), model selection on {data['validation_materials']} validation materials, the test split never read.
+- Recipe: per step {report['hyperparameters']['materials_per_step']} materials, each its perfect supercell and
+  {report['hyperparameters']['displacements_per_step']} random displaced supercells; loss = DFT force change relative to
+  the perfect supercell, weighted by the material's inverse mean squared DFT force, + equilibrium forces
+  (weight {report['hyperparameters']['equilibrium_weight']}) + perfect-supercell energy anchored to the base model
+  (weight {report['hyperparameters']['energy_weight']}) + replay structures labelled by the base model every
+  {report['hyperparameters']['replay_every']} steps; Adam, lr {report['hyperparameters']['lr']} with warm-up and cosine decay.
+  Hyperparameters: `{json.dumps(report['hyperparameters'])}`.
+- Selected: step {best['step']} (validation relative force-change MAE {best['relative_force_change_mae']:.4f}; the base
+  model's is {report['history'][0]['relative_force_change_mae']:.4f}); {report['supercells_seen']} supercells in
+  {report['wall_time_s'] / 3600:.2f} h of one CPU core.
+- {drift_text}
+- Errors against DFT on the held-out test split: `benchmarks/results/finetune_phonondb/report.md`.
+
+Cite phonondb ({CITATION}), M3GNet (Chen & Ong, Nat. Comput. Sci. 2, 718, 2022) and matgl. The weights are a
+derivative of the matgl checkpoint (BSD-3-Clause, `../shared/models/LICENSE-matgl`) trained on CC BY 4.0 data.
+"""

@@ -49,9 +49,12 @@ def _is_model_dir(path: Path) -> bool:
     return path.is_dir() and all((path / name).is_file() for name in _MODEL_FILES)
 
 
+PACKAGED_MODELS = Path(__file__).parent / "data" / "potentials"  # potentials thermobench ships (its fine-tunes)
+
+
 def model_search_dirs() -> list[Path]:
-    """Directories listed in ``THERMOBENCH_MODELS`` (os.pathsep-separated), in order."""
-    return [Path(p).expanduser() for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+    """Directories listed in ``THERMOBENCH_MODELS`` (os.pathsep-separated), in order, then the packaged ones."""
+    return [Path(p).expanduser() for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p] + [PACKAGED_MODELS]
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:

@@ -111,7 +111,7 @@ def finetune_at_scale(config) -> dict:
     from matgl.ext.ase import Atoms2Graph
 
     from thermobench.matgl_compat import detect_convention
-    from thermobench.phonondb import MIRROR_COMMIT, read_index, select
+    from thermobench.phonondb import MIRROR_COMMIT, present_ids, read_index, select
     from thermobench.potentials import describe, evaluate_batch, load_potential, resolve_model_dir, write_convention_metadata
 
     source = config.source
@@ -121,7 +121,8 @@ def finetune_at_scale(config) -> dict:
     base = load_potential(config.base_potential)
     tuned = load_potential(config.base_potential)
     element_types = tuned.model.element_types
-    index = read_index()
+    present = present_ids(Path(source.phonondb_dir))  # a clone, or a subset of its archives
+    index = [e for e in read_index() if e.material_id in present]
     elements = set(element_types)
     filters = dict(max_supercell_atoms=source.max_supercell_atoms, elements=elements)
     train = select(index, "train", **filters)
@@ -225,7 +226,7 @@ def finetune_at_scale(config) -> dict:
         "data": {"source": "phonondb", "mirror_commit": MIRROR_COMMIT, "split": "train (fixed hash split, thermobench/data/phonondb/index.csv)",
                  "max_supercell_atoms": source.max_supercell_atoms, "train_materials": len(train),
                  "train_materials_read": len(cache.data) - len([v for v in validation if v.material_id in cache.data]),
-                 "validation_materials": len(validation), "skipped": cache.skipped},
+                 "validation_materials": len(validation), "read": sorted(cache.data), "skipped": cache.skipped},
         "hyperparameters": {k: config[k] for k in ("lr", "max_steps", "batch_size", "force_weight", "equilibrium_weight", "energy_weight",
                                                     "seed", "replay_structures", "replay_every", "gradient_clip", "validate_every")}
         | {"materials_per_step": source.materials_per_step, "displacements_per_step": source.displacements_per_step,

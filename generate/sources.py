@@ -147,14 +147,9 @@ def phonondb_source(
     phonondb split; ``only_dft_stable``: keep materials whose DFT phonons are stable (checked lazily,
     about a second each, so combine it with ``limit``).
     """
-    from generate.phonon_data import dataset_name
-    from thermobench.phonondb import MIRROR_URL, archive_path, chemical_family, read_index, select
+    from thermobench.phonondb import archive_path, chemical_family, present_ids, read_index, select
 
-    root = Path(phonondb_dir)
-    root = root / "phonon_db_tarred" if (root / "phonon_db_tarred").is_dir() else root
-    present = {dataset_name(p) for p in root.glob("materials-id-*.tar.lzma")}  # a clone, or any subset of it
-    if not present:
-        raise FileNotFoundError(f"no phonondb archives (materials-id-*.tar.lzma) in {root}: git clone {MIRROR_URL}")
+    present = present_ids(Path(phonondb_dir))  # a clone, or any subset of it
     entries = select([e for e in read_index() if e.material_id in present], split, max_supercell_atoms=max_supercell_atoms, elements=set(elements) if elements else None,
                      ids=set(ids) if ids else None, spacegroups=set(spacegroups) if spacegroups else None,
                      max_unitcell_atoms=max_unitcell_atoms)
@@ -165,7 +160,7 @@ def phonondb_source(
             raise KeyError(f"phonondb has no material {missing} passing the other filters")
     materials = []
     for entry in entries:
-        archive = archive_path(root, entry)
+        archive = archive_path(Path(phonondb_dir), entry)
         if only_dft_stable and not dft_stable(archive):
             continue
         materials.append(Material(f"phonondb-{entry.material_id}", entry.formula, entry.formula, chemical_family(entry.elements),

@@ -2,6 +2,7 @@
 
 import lzma
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -78,3 +79,38 @@ def test_short_finetune_writes_a_loadable_model_that_fits_better(tree, tmp_path)
     samples = read_phonon_datasets(tree / "oxides", ELEMENTS).samples
     reloaded = force_errors(load_potential(model_dir), samples)["MgO"]
     assert reloaded["force_change_mae_eV_A"] == pytest.approx(after["force_change_mae_eV_A"], rel=1e-4)
+
+
+def test_finetune_at_scale_streams_phonondb_resumes_and_never_reads_the_test_split(shared, tmp_path, capfd):
+    """Four training steps on the committed phonondb fixtures, a checkpoint, then a resumed run."""
+    from hydra import compose, initialize_config_dir
+
+    from generate.finetune_phonondb import finetune_at_scale
+    from thermobench.phonondb import read_index
+
+    fixtures = Path(__file__).parent / "data" / "phonondb"
+    repo = Path(__file__).resolve().parents[1]
+
+    def config(max_steps):
+        with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
+            return compose(config_name="finetune", overrides=[
+                "source.name=phonondb", f"source.phonondb_dir={fixtures}", "source.materials_per_step=1",
+                "source.displacements_per_step=1", "source.validation_materials=1", "replay_structures=2",
+                "replay_every=2", f"max_steps={max_steps}", "validate_every=2", "parity_dir=null",
+                f"out_dir={tmp_path / 'ft'}", "lr=1e-5"])
+
+    report = finetune_at_scale(config(4))
+    splits = {e.material_id: e.split for e in read_index()}
+    history = report["history"]
+    assert [h["step"] for h in history] == [0, 2, 4]
+    assert report["data"]["train_materials"] == 3  # Si, Cu2O, NaCl; LiI's 128-atom supercell is above the cap
+    assert report["data"]["validation_materials"] == 1 and report["best"]["n_materials"] == 1  # BaTe
+    assert all(np.isfinite(h["relative_force_change_mae"]) for h in history)
+    assert all(splits[m] != "test" for m in report["data"].get("read", []))
+    assert (tmp_path / "ft" / "checkpoint.pt").is_file() and (tmp_path / "ft" / "best" / "README.md").is_file()
+    assert load_potential(str(tmp_path / "ft" / "best")).model.element_types  # the selected model loads
+
+    capfd.readouterr()
+    resumed = finetune_at_scale(config(6))
+    assert "resumed at step 4" in capfd.readouterr().err
+    assert [h["step"] for h in resumed["history"]] == [0, 2, 4, 6]

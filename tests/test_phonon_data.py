@@ -140,7 +140,7 @@ def test_phonondb_source_filters_and_gives_the_dft_cell():
     from generate.sources import phonondb_source
 
     everything = phonondb_source(FIXTURES)
-    assert [m.source_id for m in everything] == ["mp-149", "mp-361", "mp-22862", "mp-568273"]
+    assert [m.source_id for m in everything] == ["mp-149", "mp-361", "mp-1000", "mp-22862", "mp-568273"]
     si = phonondb_source(FIXTURES, ids=["mp-149"])[0]
     atoms = si.atoms()
     assert si.material_id == "phonondb-mp-149" and si.formula == "Si" and si.source == "phonondb"

@@ -130,6 +130,16 @@ def select(
     ]
 
 
+def present_ids(phonondb_dir: Path) -> set[str]:
+    """mp ids of the archives in a clone's ``phonon_db_tarred/`` (or any folder holding a subset of them)."""
+    root = Path(phonondb_dir)
+    root = root / "phonon_db_tarred" if (root / "phonon_db_tarred").is_dir() else root
+    found = {f"mp-{p.name.split('-')[2]}" for p in root.glob("materials-id-*.tar.lzma")}
+    if not found:
+        raise FileNotFoundError(f"no phonondb archives (materials-id-*.tar.lzma) in {root}: git clone {MIRROR_URL}")
+    return found
+
+
 def archive_path(phonondb_dir: Path, entry: Entry) -> Path:
     """Where ``entry``'s archive is in a clone; an error that says how to get the database if absent."""
     root = Path(phonondb_dir)

@@ -44,12 +44,9 @@ KNOWN_METHODS = ("surrogate", "direct", "phonopy")
 
 
 def starting_structure(name: str):
-    from thermobench.families import builtin_materials
-    from thermobench.structures import BUILTIN_CRYSTALS, builtin_structure
+    from thermobench.structures import builtin_structure
 
-    if name in BUILTIN_CRYSTALS:
-        return builtin_structure(name)
-    return builtin_materials(ids=[f"perovskite-cubic-{name}"])[0].atoms()  # a = 5.874 Å to start
+    return builtin_structure(name)  # the catalog's cell at the experimental lattice constant
 
 
 def relaxed(name: str, potential_name: str):

@@ -40,3 +40,16 @@ def test_main_job_relaxes_nacl(shared, tmp_path):
     a = float(re.search(r"lattice constant a = ([0-9.]+) A", completed.stdout).group(1))
     assert abs(a - 5.69132) / 5.69132 < 0.002  # model card 5.69132 A; the bug gave 6.09 A
     assert "converged" in completed.stdout and "energy = " in completed.stdout
+
+
+def test_one_crystal_catalog():
+    """Named crystals and the generator's built-ins are the same cells (Cu once differed: 3.597 vs 3.615 Å)."""
+    import numpy as np
+
+    from thermobench.families import FCC_METALS, builtin_materials
+
+    cu = builtin_structure("Cu")
+    assert np.isclose(cu.get_volume(), FCC_METALS["Cu"] ** 3 / 4)
+    (generator,) = builtin_materials(ids=["fcc-Cu"])
+    np.testing.assert_allclose(generator.atoms().cell.array, cu.cell.array)
+    assert builtin_structure("perovskite-cubic-SrTiO3").get_chemical_formula() == "O3SrTi"

@@ -1,7 +1,7 @@
-"""Built-in crystals defined from prototypes, with experimental lattice constants (Angstrom).
+"""Crystals by name: the built-in catalog (one, :mod:`thermobench.families`) or a structure file.
 
-The lattice constants are the experimental values of the M3GNet model card's cubic benchmark, so
-that relaxations start close to the answer and can be compared with the card.
+``builtin_structure("NaCl")`` is the primitive cell of the catalog entry with that formula (or
+material id, e.g. ``perovskite-cubic-SrTiO3``), at its experimental lattice constant.
 """
 
 from __future__ import annotations
@@ -9,41 +9,40 @@ from __future__ import annotations
 from pathlib import Path
 
 from ase import Atoms
-from ase.build import bulk
 
-# name -> (ASE prototype, conventional cubic lattice constant in Angstrom)
-BUILTIN_CRYSTALS: dict[str, tuple[str, float]] = {
-    "NaCl": ("rocksalt", 5.64),
-    "KBr": ("rocksalt", 6.60),
-    "LiI": ("rocksalt", 6.01),
-    "RbI": ("rocksalt", 7.35),
-    "MgO": ("rocksalt", 4.212),
-    "CsI": ("cesiumchloride", 4.567),
-    "CsCl": ("cesiumchloride", 4.123),
-    "Si": ("diamond", 5.43102),
-    "GaAs": ("zincblende", 5.653),
-    "Cu": ("fcc", 3.597),
-    "Al": ("fcc", 4.046),
-    "Na": ("bcc", 4.23),
-}
+# A small, chemically varied set (ionic, covalent, metallic) used where a few crystals are needed:
+# replay structures of the fine-tune, the SSCHA benchmark. Their cells come from the one catalog.
+BUILTIN_CRYSTALS = ("NaCl", "KBr", "LiI", "RbI", "MgO", "CsI", "CsCl", "Si", "GaAs", "Cu", "Al", "Na")
+
+
+def _catalog():
+    from thermobench.families import BUILTIN_MATERIALS
+
+    return BUILTIN_MATERIALS
 
 
 def builtin_structure(name: str) -> Atoms:
-    """Primitive cell of a built-in crystal."""
-    if name not in BUILTIN_CRYSTALS:
-        raise KeyError(f"No built-in crystal {name!r}; available: {', '.join(sorted(BUILTIN_CRYSTALS))}")
-    prototype, a = BUILTIN_CRYSTALS[name]
-    return bulk(name, prototype, a=a)
+    """Primitive cell of a built-in crystal, by formula (first family that has it) or material id."""
+    for material in _catalog():
+        if name in (material.formula, material.material_id):
+            return material.atoms()
+    raise KeyError(f"No built-in crystal {name!r}: give a formula or material id of thermobench.families "
+                   f"(e.g. {', '.join(BUILTIN_CRYSTALS)})")
+
+
+def is_builtin(name: str) -> bool:
+    return any(name in (m.formula, m.material_id) for m in _catalog())
 
 
 def load_structure(name_or_path: str) -> Atoms:
     """A built-in crystal by name, or the first structure of a file ASE can read (CIF, POSCAR, extxyz)."""
-    if name_or_path in BUILTIN_CRYSTALS:
-        return builtin_structure(name_or_path)
     path = Path(name_or_path)
     if not path.is_file():
+        if is_builtin(name_or_path):
+            return builtin_structure(name_or_path)
         raise FileNotFoundError(
-            f"{name_or_path!r} is neither a built-in crystal ({', '.join(sorted(BUILTIN_CRYSTALS))}) nor a file"
+            f"{name_or_path!r} is neither a built-in crystal (a formula or material id of thermobench.families, "
+            f"e.g. {', '.join(BUILTIN_CRYSTALS)}) nor a file"
         )
     return read_structure_file(path)
 

@@ -25,8 +25,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-
 RESULTS = Path(__file__).resolve().parent / "results" / "kappa"
 DFT_KAPPA_300K = {"Si": 109.1}  # W/(m·K), ../shared/reference/dft-kappa/Si-PBEsol (PBEsol, 11x11x11, RTA, no isotopes)
 
@@ -171,7 +169,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", default="/tmp/kappa/bench")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    from generate.sscha import write_json_atomically
+    from generate.atomic import write_json_atomically
 
     work = Path(args.work)
     records = []

@@ -22,7 +22,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from thermobench.dataset import COLUMNS, CONFIGS, OOD_TEST_FAMILIES, RANDOM_FRACTIONS, SCHEMA_VERSION, SPLITS, features, split_of
+from thermobench.dataset import (
+    COLUMNS,
+    CONFIGS,
+    OOD_TEST_FAMILIES,
+    RANDOM_FRACTIONS,
+    SCHEMA_VERSION,
+    SPLITS,
+    features,
+    split_of,
+)
 
 # Nullable columns whose null must be explained, and the column that explains it.
 NULL_REASONS = {

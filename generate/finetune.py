@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+
 @dataclass
 class Sample:
     """One supercell with its labels; ``energy_eV`` is None when the dataset has no energies."""
@@ -199,10 +200,9 @@ def _batch(samples: list[Sample], converter, device):
     ``reference_atoms[i]`` is the index of atom i in its perfect supercell within the batch, or -1:
     displaced supercells are fitted through their force change, everything else through its forces.
     """
+    import matgl
     import torch
     from torch_geometric.data import Batch
-
-    import matgl
 
     graphs, lattices, states = [], [], []
     for sample in samples:

@@ -112,7 +112,13 @@ def finetune_at_scale(config) -> dict:
 
     from thermobench.matgl_compat import detect_convention
     from thermobench.phonondb import MIRROR_COMMIT, present_ids, read_index, select
-    from thermobench.potentials import describe, evaluate_batch, load_potential, resolve_model_dir, write_convention_metadata
+    from thermobench.potentials import (
+        describe,
+        evaluate_batch,
+        load_potential,
+        resolve_model_dir,
+        write_convention_metadata,
+    )
 
     source = config.source
     torch.manual_seed(config.seed)

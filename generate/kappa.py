@@ -888,7 +888,7 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
 
 
 def main(argv: list[str] | None = None) -> KappaResult:
-    from generate.sscha import write_json_atomically
+    from generate.atomic import write_json_atomically
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(argv)

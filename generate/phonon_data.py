@@ -224,7 +224,6 @@ def _born(phonon, text: bytes | None, name: str):
     if text is None:
         return
     from phonopy.file_IO import parse_BORN_from_strings
-
     from phonopy.physical_units import get_physical_units
 
     units = get_physical_units()

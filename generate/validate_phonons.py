@@ -258,7 +258,7 @@ def markdown_table(report: dict) -> str:
 
 
 def validate(potential: str, datasets: Path, out: Path, settings: HarmonicSettings, relax_settings: RelaxSettings, command: str) -> dict:
-    from thermobench.potentials import describe, load_potential, ThermobenchCalculator
+    from thermobench.potentials import ThermobenchCalculator, describe, load_potential
 
     model = load_potential(potential)
     calculator = ThermobenchCalculator(model, stress_unit="eV/A3")

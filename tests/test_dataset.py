@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from generate.assemble import InvalidRecordError, NULL_REASONS, validate_rows
+from generate.assemble import NULL_REASONS, InvalidRecordError, validate_rows
 from thermobench.dataset import (
     COLUMNS,
     CONFIGS,

@@ -7,7 +7,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from generate.harmonic import HarmonicSettings, harmonic_phonons, supercell_matrix_for_min_length
+from generate.harmonic import HarmonicSettings, harmonic_phonons, phonon_properties, supercell_matrix_for_min_length
 from generate.relax import RelaxSettings
 from generate.validate_phonons import (
     DatasetError,
@@ -17,7 +17,6 @@ from generate.validate_phonons import (
     validate,
     validate_dataset,
 )
-from generate.harmonic import phonon_properties
 from thermobench.potentials import ThermobenchCalculator, load_potential
 
 SMALL = HarmonicSettings(q_mesh=(6, 6, 6), band_points=11)

@@ -14,15 +14,15 @@ from ase.calculators.emt import EMT
 from generate.kappa import (
     KappaSettings,
     build_phono3py,
-    harmonic_fc2_from_potential,
-    supercell_matrix_between,
-    unit_cell,
     compute_kappa,
+    harmonic_fc2_from_potential,
     kappa_from_phono3py,
     load_phono3py_dataset,
     pipeline_kappa_columns,
     reorder_fc2,
+    supercell_matrix_between,
     supercell_permutation,
+    unit_cell,
 )
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -15,13 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generate.pipeline import (
-    choose_supercell,
-    frequency_shifts,
-    load_named_potential,
-    mode_thermodynamics,
-    run,
-)
+from generate.labels import choose_supercell, frequency_shifts, mode_thermodynamics
+from generate.pipeline import run
+from thermobench.potentials import load_named_potential
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -88,7 +84,7 @@ def test_kill_midway_and_resume_loses_and_recomputes_nothing(tmp_path):
 
 
 def test_dataset_version_is_part_of_the_settings_fingerprint():
-    from generate.pipeline import fingerprint, settings_from_config
+    from generate.settings import fingerprint, settings_from_config
 
     first = settings_from_config(compose("dataset_version=0.1.0"))
     second = settings_from_config(compose("dataset_version=0.2.0"))
@@ -268,3 +264,13 @@ def test_surrogate_engine_and_its_fall_back_to_the_direct_engine(tmp_path):
     (fallback,) = records_of(strict)["fcc-Cu"]["rows"]
     assert "(direct engine after surrogate fall-back: verified relative force error" in fallback["sscha_status"]
     assert fallback["n_potential_evaluations"] > row["n_potential_evaluations"]
+
+
+def test_rows_are_checked_against_the_schema_when_written():
+    from generate.pipeline import checked_against_schema
+
+    record = {"material_id": "x", "status": "ok", "rows": [{"material_id": "x", "temperature_K": 300.0}]}
+    checked = checked_against_schema(record)
+    assert checked["status"] == "failed" and checked["stage"] == "record"
+    assert "does not fit the dataset schema" in checked["reason"] and "missing columns" in checked["reason"]
+    assert "rows" not in checked

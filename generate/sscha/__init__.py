@@ -44,7 +44,6 @@ from generate.sscha.result import (
     SSCHAStep,
     SurrogateReport,
     UnstableMode,
-    write_json_atomically,
 )
 from generate.sscha.supercell import (
     HBAR_EV_T,
@@ -73,5 +72,5 @@ __all__ = [
     "canonical_eigenvectors", "folded_monomials", "frequencies_THz", "harmonic_force_constants", "harmonic_monomials",
     "merge_monomials", "mode_variance", "quiet_hiphive", "run_scha_on_expansion", "run_sscha", "run_sscha_engine",
     "run_sscha_surrogate", "stabilize", "starting_dynamical_matrices", "supercell_model", "surrogate_basis",
-    "surrogate_fit_matrix", "to_blocks", "to_matrix", "write_json_atomically",
+    "surrogate_fit_matrix", "to_blocks", "to_matrix",
 ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from generate.atomic import write_json_atomically
 from generate.sscha.direct import run_sscha
-from generate.sscha.result import SSCHAResult, SSCHASettings, write_json_atomically
+from generate.sscha.result import SSCHAResult, SSCHASettings
 from generate.sscha.surrogate import SurrogateSettings, run_sscha_surrogate
 
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> SSCHAResult:
     record["supercell"] = list(cfg.supercell)
     record["potential"] = describe(potential)
     record["settings"] = OmegaConf.to_container(cfg, resolve=True)
-    write_json_atomically(cfg.out, record)
+    write_json_atomically(cfg.out, record, indent=1)
     state = "converged" if result.converged else f"NOT converged ({result.status})"
     print(
         f"{atoms.get_chemical_formula()} {list(cfg.supercell)} at {settings.temperature_K} K ({cfg.backend}): {state} "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -162,15 +161,3 @@ class SSCHAResult:
             "mesh_frequencies_THz": self.mesh_frequencies_THz.tolist(),
             "surrogate": asdict(self.surrogate) if self.surrogate is not None else None,
         }
-
-
-
-def write_json_atomically(path, data: dict) -> None:
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)

@@ -1,0 +1,92 @@
+"""Small physics helpers of the dataset rows: supercell choice, mode thermodynamics, DOS, frequency
+shifts, structure hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------
+# Physics helpers
+
+
+def choose_supercell(atoms, min_atoms: int, max_atoms: int, matrix=None) -> np.ndarray:
+    """Diagonal supercell: the smallest balanced one (by lattice-plane spacing) with ≥ ``min_atoms``
+    atoms; if that has more than ``max_atoms``, the largest balanced one that stays within it."""
+    from generate.harmonic import supercell_matrix_for_min_length
+
+    if matrix is not None:
+        m = np.array(matrix, dtype=int)
+        return np.diag(m) if m.ndim == 1 else m
+    n = len(atoms)
+    if n > max_atoms:
+        raise ValueError(f"supercell.max_atoms = {max_atoms} is below the {n} atoms of the cell itself")
+    below = np.eye(3, dtype=int)
+    for length in np.arange(0.5, 80.0, 0.25):
+        m = supercell_matrix_for_min_length(atoms, float(length))
+        size = n * round(abs(np.linalg.det(m)))
+        if size >= min_atoms:
+            return m if size <= max_atoms else below
+        below = m
+    return below
+
+
+def mode_thermodynamics(frequencies_THz: np.ndarray, temperature_K: float, n_atoms: int, tolerance_THz: float):
+    """Quantum harmonic F (eV), S and Cv (k_B), per atom, of the modes above ``tolerance_THz``."""
+    from ase import units
+
+    h_eV_THz = 4.135667696e-3  # Planck constant in eV/THz
+    nu = np.asarray(frequencies_THz)
+    nu = nu[nu > tolerance_THz]
+    energy = h_eV_THz * nu
+    kT = units.kB * temperature_K
+    if kT == 0:
+        return float(np.sum(energy / 2) / n_atoms), 0.0, 0.0
+    x = energy / kT
+    free = np.sum(energy / 2 + kT * np.log(-np.expm1(-x)))
+    entropy = np.sum(x / np.expm1(x) - np.log(-np.expm1(-x)))
+    heat_capacity = np.sum(x**2 * np.exp(-x) / np.expm1(-x) ** 2)
+    return float(free / n_atoms), float(entropy / n_atoms), float(heat_capacity / n_atoms)
+
+
+def smeared_dos(frequencies_THz: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-smeared DOS per primitive cell: integrates to the number of bands."""
+    w = np.asarray(weights, float) / np.sum(weights)
+    f = np.asarray(frequencies_THz)
+    kernel = np.exp(-0.5 * ((grid[:, None, None] - f[None]) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+    return np.einsum("gqb,q->g", kernel, w)
+
+
+def frequency_shifts(harmonic: np.ndarray, renormalized: np.ndarray, n_imaginary: int, min_frequency_THz: float):
+    """Mean (signed) and max (absolute) relative shift of the supercell modes, paired by rank.
+
+    Only defined for a harmonically stable crystal (no harmonic imaginary modes): rank pairing of
+    sorted spectra then matches each mode with its renormalized self up to band crossings, which the
+    sorted comparison deliberately ignores. Modes with harmonic ν below ``min_frequency_THz``
+    (acoustic modes at Γ, numerical noise) are left out so tiny denominators do not dominate.
+    Returns (mean, max, n_modes, null_reason).
+    """
+    if n_imaginary > 0:
+        return None, None, 0, f"{n_imaginary} harmonic imaginary mode(s): no harmonic reference frequency"
+    h, r = np.sort(harmonic), np.sort(renormalized)
+    keep = h >= min_frequency_THz
+    if not keep.any():
+        return None, None, 0, f"no harmonic mode above {min_frequency_THz} THz"
+    shift = (r[keep] - h[keep]) / h[keep]
+    return float(shift.mean()), float(np.abs(shift).max()), int(keep.sum()), None
+
+
+def structure_hash(atoms) -> str:
+    payload = json.dumps(
+        [atoms.get_chemical_symbols(), np.round(atoms.cell.array, 3).tolist(), np.round(atoms.positions, 3).tolist()]
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def finite_or_none(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None

@@ -1,0 +1,357 @@
+"""One material's record: relax, harmonic phonons, SSCHA per temperature, κ, assembled into dataset
+rows (or a failure record naming the stage); the run folder that holds the records."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from generate.atomic import write_json_atomically
+from generate.labels import (
+    choose_supercell,
+    finite_or_none,
+    frequency_shifts,
+    mode_thermodynamics,
+    smeared_dos,
+    structure_hash,
+)
+from generate.settings import RECORD_VERSION, engine_settings, fingerprint, package_versions
+from thermobench.families import Material
+from thermobench.potentials import load_named_potential
+
+
+class StageError(RuntimeError):
+    """An error in one stage of one material; ``stage`` names it in the failure record."""
+
+    def __init__(self, stage: str, error: BaseException):
+        super().__init__(f"{stage}: {type(error).__name__}: {error}")
+        self.stage = stage
+        self.error = error
+
+
+# ----------------------------------------------------------------------------------------------
+# One material
+
+
+def compute_material(material: Material, settings: dict, device: str = "cpu", potential=None) -> dict:
+    """Compute one material's record; never raises (a failure becomes a failure record).
+
+    ``potential``: a :class:`LoadedPotential` to use instead of loading ``settings["potential"]``.
+    """
+    start = time.time()
+    base = {
+        "record_version": RECORD_VERSION,
+        "material_id": material.material_id,
+        "name": material.name,
+        "formula": material.formula,
+        "family": material.family,
+        "source": material.source,
+        "source_id": material.source_id,
+        "started": start,
+        "host": os.uname().nodename,
+    }
+    try:
+        rows = _compute_rows(material, settings, device, potential, start)
+    except BaseException as error:  # noqa: BLE001 - the record must say what happened, whatever it was
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            raise
+        stage = error.stage if isinstance(error, StageError) else "unknown"
+        cause = error.error if isinstance(error, StageError) else error
+        return {
+            **base,
+            "status": "failed",
+            "stage": stage,
+            "reason": f"{type(cause).__name__}: {cause}",
+            "traceback": "".join(traceback.format_exception(cause)),
+            "wall_time_s": time.time() - start,
+            "finished": time.time(),
+        }
+    return {**base, "status": "ok", "rows": rows, "wall_time_s": time.time() - start, "finished": time.time()}
+
+
+def _stage(name: str, function: Callable, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # noqa: BLE001
+        raise StageError(name, error) from error
+
+
+def _compute_rows(material: Material, settings: dict, device: str, potential, start: float) -> list[dict]:
+    from generate.harmonic import HarmonicSettings, harmonic_phonons
+    from generate.relax import RelaxSettings, relax
+    from generate.sscha import SSCHASettings, run_sscha_engine
+    from thermobench.families import formula_reduced
+    from thermobench.potentials import check_structure
+
+    atoms = _stage("load", material.atoms)
+    loaded = potential if potential is not None else _stage("potential", load_named_potential, settings["potential"], device)
+    _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})")
+    sc = settings["supercell"]
+    _stage("check", choose_supercell, atoms, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"))  # before the relaxation
+    if material.source == "file":  # a file's name says nothing reliable about its formula
+        material = replace(material, formula=atoms.get_chemical_formula("metal", empirical=True))
+
+    symprec = settings["harmonic"]["symprec"]
+    relax_settings = RelaxSettings(**{**settings["relax"], "symprec": symprec})
+    relaxed = _stage("relax", relax, atoms, loaded.calculator, relax_settings)
+    cell = relaxed.atoms
+    cell.calc = None
+
+    matrix = choose_supercell(cell, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"))
+    temperatures = [float(t) for t in settings["temperatures_K"]]
+    h = settings["harmonic"]
+    tolerance = float(h["imaginary_tolerance_THz"])
+    harmonic_settings = HarmonicSettings(
+        supercell_matrix=tuple(map(tuple, matrix.tolist())),
+        displacement_A=h["displacement_A"],
+        symprec=symprec,
+        q_mesh=tuple(h["q_mesh"]),
+        imaginary_tolerance_THz=tolerance,
+        temperatures_K=tuple(temperatures),
+    )
+    harmonic = _stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings)
+    fc_harmonic = np.asarray(harmonic.phonon.force_constants)
+    n_super = len(harmonic.phonon.supercell)
+
+    sg = _stage("symmetry", _spacegroup_number_symbol, cell, symprec)
+    versions = package_versions()
+    dos_cfg = settings["dos"]
+    sscha_cfg = dict(settings["sscha"])
+    shift_min = float(settings["targets"]["shift_min_frequency_THz"])
+    static_energy = relaxed.energy_eV_atom
+    harmonic_super = None
+    harm_mesh = np.asarray(harmonic.mesh_frequencies_THz)
+    harm_comm = np.asarray(harmonic.commensurate_frequencies_THz)
+
+    engine = engine_settings(settings)
+    results = []
+    for temperature in temperatures:
+        sscha_settings = SSCHASettings(
+            **{**sscha_cfg, "temperature_K": temperature, "seed": int(settings["seed"]), "symprec": symprec,
+               "q_mesh": tuple(h["q_mesh"]), "displacement_A": h["displacement_A"]}
+        )
+        result = _stage(f"sscha@{temperature:g}K", run_sscha_engine, cell, loaded.model, matrix, sscha_settings, engine,
+                        harmonic=(fc_harmonic, 0))
+        results.append(result)
+        harmonic_super = result.harmonic_supercell_frequencies_THz
+
+    kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results)
+
+    # Frequency grid shared by every temperature, so DOS rows are comparable.
+    all_max = max([harm_mesh.max()] + [r.mesh_frequencies_THz.max() for r in results])
+    all_min = min([harm_mesh.min()] + [r.mesh_frequencies_THz.min() for r in results])
+    sigma = float(dos_cfg["sigma_THz"])
+    grid = np.linspace(min(0.0, all_min) - 3 * sigma, all_max + 3 * sigma, int(dos_cfg["n_points"]))
+    harm_dos = smeared_dos(harm_mesh, harmonic.mesh_weights, grid, sigma)
+
+    n_imag = int((harmonic_super < -tolerance).sum())
+    harm_min = float(min(harm_mesh.min(), harmonic_super.min()))
+    mesh_full = np.asarray(harmonic.mesh_weights)
+    n_imag_mesh = int(((harm_mesh < -tolerance).sum(axis=1) * mesh_full).sum())
+    identity = {
+        "material_id": material.material_id,
+        "name": material.name,
+        "formula": material.formula,
+        "family": material.family,
+        "source": material.source,
+        "source_id": material.source_id,
+        "spacegroup_number": sg[0],
+        "spacegroup_symbol": sg[1],
+        "structure_hash": structure_hash(cell),
+        "lattice_vectors": cell.cell.array.tolist(),
+        "cartesian_site_positions": cell.positions.tolist(),
+        "species_at_sites": cell.get_chemical_symbols(),
+        "nsites": len(cell),
+        "elements": sorted(set(cell.get_chemical_symbols())),
+        "chemical_formula_reduced": formula_reduced(cell),
+        "supercell_matrix": matrix.astype(int).tolist(),
+        "n_supercell_atoms": n_super,
+        "static_energy_eV_atom": static_energy,
+    }
+    rows = []
+    wall = time.time() - start
+    for temperature, result, kappa in zip(temperatures, results, kappas, strict=True):
+        if not np.allclose(result.mesh_qpoints, harmonic.mesh_qpoints):
+            raise StageError("record", ValueError("harmonic and SSCHA q-meshes differ"))
+        if n_imag == 0:
+            f_h, s_h, c_h = mode_thermodynamics(harmonic_super, temperature, n_super, tolerance)
+            f_h += static_energy
+            thermo_reason = None
+        else:
+            f_h = s_h = c_h = None
+            thermo_reason = f"{n_imag} harmonic imaginary mode(s) at commensurate q"
+        _, s_s, c_s = mode_thermodynamics(result.supercell_frequencies_THz, temperature, n_super, tolerance)
+        mean_shift, max_shift, n_shift, shift_reason = frequency_shifts(
+            harmonic_super, result.supercell_frequencies_THz, n_imag, shift_min
+        )
+        ren_mesh = np.asarray(result.mesh_frequencies_THz)
+        rows.append(
+            {
+                **identity,
+                "temperature_K": temperature,
+                "quantum": bool(result.quantum),
+                "harmonic_frequencies_THz": np.asarray(harmonic_super).tolist(),
+                "renormalized_frequencies_THz": result.supercell_frequencies_THz.tolist(),
+                "renormalized_frequency_errors_THz": result.supercell_frequency_errors_THz.tolist(),
+                "commensurate_qpoints": np.asarray(harmonic.commensurate_qpoints).tolist(),
+                "harmonic_commensurate_frequencies_THz": harm_comm.tolist(),
+                "renormalized_commensurate_frequencies_THz": np.asarray(result.commensurate_frequencies_THz).tolist(),
+                "q_mesh": [int(x) for x in h["q_mesh"]],
+                "mesh_qpoints": np.asarray(harmonic.mesh_qpoints).tolist(),
+                "mesh_weights": [int(w) for w in harmonic.mesh_weights],
+                "harmonic_mesh_frequencies_THz": harm_mesh.tolist(),
+                "renormalized_mesh_frequencies_THz": ren_mesh.tolist(),
+                "dos_frequencies_THz": grid.tolist(),
+                "harmonic_dos_states_per_THz": harm_dos.tolist(),
+                "renormalized_dos_states_per_THz": smeared_dos(ren_mesh, result.mesh_weights, grid, sigma).tolist(),
+                "dos_sigma_THz": sigma,
+                "imaginary_tolerance_THz": tolerance,
+                "n_imaginary_harmonic": n_imag,
+                "n_imaginary_harmonic_mesh": n_imag_mesh,
+                "harmonic_min_frequency_THz": harm_min,
+                "n_imaginary_renormalized": int((result.supercell_frequencies_THz < -tolerance).sum()),
+                "renormalized_min_frequency_THz": float(min(ren_mesh.min(), result.supercell_frequencies_THz.min())),
+                "free_energy_harmonic_eV_atom": finite_or_none(f_h),
+                "entropy_harmonic_kB_atom": finite_or_none(s_h),
+                "heat_capacity_harmonic_kB_atom": finite_or_none(c_h),
+                "harmonic_thermo_null_reason": thermo_reason,
+                "free_energy_sscha_eV_atom": float(result.free_energy_eV_atom),
+                "entropy_sscha_kB_atom": s_s,
+                "heat_capacity_sscha_kB_atom": c_s,
+                "anharmonic_free_energy_eV_atom": None if f_h is None else float(result.free_energy_eV_atom - f_h),
+                "sigma_A": float(result.sigma_A),
+                "mean_relative_frequency_shift": mean_shift,
+                "max_relative_frequency_shift": max_shift,
+                "n_shift_modes": n_shift,
+                "shift_min_frequency_THz": shift_min,
+                "shift_null_reason": shift_reason,
+                **kappa,
+                "sscha_converged": bool(result.converged),
+                "sscha_status": result.status,
+                "sscha_steps": len(result.history),
+                "sscha_n_configurations": int(result.history[-1].n_configurations),
+                "frequency_error_THz": float(result.max_frequency_error_THz),
+                "free_energy_error_eV_atom": float(result.free_energy_error_eV_atom),
+                "n_potential_evaluations": int(result.n_potential_evaluations),
+                "n_harmonic_evaluations": int(harmonic.n_potential_evaluations),
+                "relax_converged": bool(relaxed.converged),
+                "relax_max_force_eV_A": float(relaxed.max_force_eV_A),
+                "relax_symmetry_kept": bool(relaxed.symmetry_kept),
+                "sscha_wall_time_s": float(result.wall_time_s),
+                "material_wall_time_s": wall,
+                "potential": loaded.name,
+                "potential_sha256": loaded.sha256,
+                "thermobench_version": versions["thermobench"] or "unknown",
+                "package_versions": json.dumps(versions, sort_keys=True),
+                "seed": int(settings["seed"]),
+                "settings_json": json.dumps(settings, sort_keys=True),
+            }
+        )
+    for row in rows:  # fields a float column would otherwise carry as NaN or inf
+        for key, value in row.items():
+            if isinstance(value, float) and not np.isfinite(value):
+                raise StageError("record", ValueError(f"{key} = {value} at {row['temperature_K']} K is not finite"))
+    return rows
+
+
+def _spacegroup_number_symbol(atoms, symprec: float) -> tuple[int, str]:
+    import spglib
+
+    data = spglib.get_symmetry_dataset((atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers), symprec=symprec)
+    if data is None:
+        raise ValueError(f"spglib found no symmetry at symprec={symprec}")
+    return int(data.number), str(data.international)
+
+
+def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results) -> list[dict]:
+    """κ columns per temperature: computed when enabled and generate.kappa exists, else null with the reason."""
+    cfg = settings.get("kappa") or {}
+    if not cfg.get("enabled", False):
+        return [_null_kappa("not computed: kappa disabled in the generation settings") for _ in results]
+    try:
+        from generate import kappa as kappa_module
+    except ImportError:
+        return [_null_kappa("not computed: generate.kappa is not available in this installation") for _ in results]
+    # Contract with generate.kappa: pipeline_kappa_columns(cell, supercell_matrix, model, harmonic result,
+    # SSCHA results (one per temperature), kappa settings) -> one dict of the four κ columns per temperature,
+    # with kappa_null_reason set where κ could not be computed (e.g. harmonically unstable).
+    adapter = getattr(kappa_module, "pipeline_kappa_columns", None)
+    if adapter is None:
+        return [_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point") for _ in results]
+    return adapter(cell, matrix, loaded.model, harmonic, results, cfg)
+
+
+def _null_kappa(reason: str) -> dict:
+    return {"kappa_harmonic_W_mK": None, "kappa_renormalized_W_mK": None, "kappa_ratio": None, "kappa_null_reason": reason}
+
+
+# ----------------------------------------------------------------------------------------------
+# Records on disk
+
+
+def safe_name(material_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", material_id)
+
+
+@dataclass
+class RunFolder:
+    """``<out_dir>/<fingerprint[:12]>/``: manifest.json and records/<material_id>.json."""
+
+    root: Path
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def record_path(self, material_id: str) -> Path:
+        return self.records / f"{safe_name(material_id)}.json"
+
+    def read_record(self, material_id: str) -> dict | None:
+        path = self.record_path(material_id)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None  # a torn file cannot exist with atomic writes, but never trust it
+
+    def manifest(self) -> dict:
+        return json.loads(self.manifest_path.read_text())
+
+
+def open_run_folder(out_dir: Path, settings: dict, sha: str) -> tuple[RunFolder, dict]:
+    """The run folder for these settings, created with its manifest, or reopened after checking it."""
+    fp = fingerprint(settings, sha)
+    folder = RunFolder(Path(out_dir) / fp[:12])
+    if folder.manifest_path.is_file():
+        manifest = folder.manifest()
+        if manifest["settings_fingerprint"] != fp:
+            raise RuntimeError(
+                f"{folder.manifest_path} belongs to settings {manifest['settings_fingerprint']}, not {fp}; "
+                "refusing to mix records (choose another out_dir)"
+            )
+    else:
+        manifest = {
+            "settings_fingerprint": fp,
+            "settings": settings,
+            "potential_sha256": sha,
+            "created": time.time(),
+            "runs": [],
+        }
+        write_json_atomically(folder.manifest_path, manifest)
+    others = [p.name for p in Path(out_dir).iterdir() if p.is_dir() and p.name != folder.root.name and (p / "manifest.json").is_file()]
+    return folder, {"fingerprint": fp, "other_settings": others}

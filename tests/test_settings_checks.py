@@ -14,7 +14,7 @@ EMT = ["--potential", "EMT"]
 
 
 def kappa_main(*args):
-    from generate.kappa import main
+    from generate.kappa.__main__ import main
 
     return main(["--structure", "Cu", *EMT, "--no-relax", "--out", "unused.json", *args])
 
@@ -109,7 +109,7 @@ def test_structure_checks_in_sscha_and_kappa(tmp_path, monkeypatch):
     from thermobench.potentials import UnsupportedStructureError
 
     monkeypatch.chdir(tmp_path)
-    from generate.kappa import main as kappa
+    from generate.kappa.__main__ import main as kappa
 
     with pytest.raises(UnsupportedStructureError, match="no periodic 3D cell"):
         kappa(["--structure", water(tmp_path), *EMT, "--out", "k.json"])

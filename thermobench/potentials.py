@@ -293,13 +293,13 @@ def evaluate_batch(
     )
 
 
-def compute_forces(model: Potential | Calculator, structures: Sequence[Atoms]) -> list[np.ndarray]:
+def compute_forces(model: Potential | Calculator, structures: Sequence[Atoms], max_atoms_per_chunk: int = 2048) -> list[np.ndarray]:
     """Forces (eV/A) on many structures: batched for a matgl ``Potential``, looped for an ASE calculator.
 
     Analytic ASE calculators (EMT, model Hamiltonians in tests) and potentials share one interface.
     """
     if isinstance(model, Potential):
-        return evaluate_batch(model, structures).forces_eV_A
+        return evaluate_batch(model, structures, max_atoms_per_chunk=max_atoms_per_chunk).forces_eV_A
     forces = []
     for atoms in structures:
         atoms = atoms.copy()

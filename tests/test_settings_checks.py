@@ -124,3 +124,15 @@ def test_relax_names_a_molecule_and_a_corrupt_cif(tmp_path, shared):
         done = subprocess.run([sys.executable, "-m", "generate.relax", f"structure={structure}", f"hydra.run.dir={tmp_path / 'h'}"],
                               cwd=REPO, capture_output=True, text=True)
         assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+
+
+def test_sscha_command_shows_its_steps(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="thermobench.sscha"):
+        sscha_main("--supercell", "2", "2", "2", "--set", "sscha.n_configurations=10", "sscha.max_steps=2",
+                   "sscha.q_mesh=[2,2,2]")
+    steps = [r.getMessage() for r in caplog.records if r.name == "thermobench.sscha"]
+    assert steps and steps[0].startswith("SSCHA 300 K step 0: F = ")
+    assert (tmp_path / "unused.json").is_file()

@@ -64,7 +64,7 @@ def load_config(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> SSCHAResult:
     from generate import checks
     from generate.relax import RelaxSettings, relax
-    from thermobench.potentials import check_structure, describe, load_calculator, load_potential
+    from thermobench.potentials import check_structure, load_named_potential
     from thermobench.structures import load_structure
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -73,22 +73,20 @@ def main(argv: list[str] | None = None) -> SSCHAResult:
     checks.supercell_matrix(list(cfg.supercell), "supercell")
     checks.choice(cfg.backend, "backend", ("direct", "surrogate"))
     atoms = load_structure(str(cfg.structure))
-    potential = load_potential(cfg.potential, device=cfg.device)
-    check_structure(atoms, potential.model.element_types, str(cfg.structure))
+    loaded = load_named_potential(str(cfg.potential), device=cfg.device)  # a matgl checkpoint, or EMT (tests)
+    check_structure(atoms, loaded.element_types, str(cfg.structure))
     if cfg.relax:
-        atoms = relax(atoms, load_calculator(cfg.potential, device=cfg.device), RelaxSettings()).atoms
+        atoms = relax(atoms, loaded.calculator, RelaxSettings()).atoms
     if cfg.backend == "direct":
-        result = run_sscha(atoms, potential, list(cfg.supercell), settings)
-    elif cfg.backend == "surrogate":
-        result = run_sscha_surrogate(atoms, potential, list(cfg.supercell), settings, surrogate_settings)
+        result = run_sscha(atoms, loaded.model, list(cfg.supercell), settings)
     else:
-        raise ValueError(f"backend must be 'direct' or 'surrogate', not {cfg.backend!r}")
+        result = run_sscha_surrogate(atoms, loaded.model, list(cfg.supercell), settings, surrogate_settings)
     from omegaconf import OmegaConf
 
     record = result.to_json_dict()
     record["structure"] = str(cfg.structure)
     record["supercell"] = list(cfg.supercell)
-    record["potential"] = describe(potential)
+    record["potential"] = {"name": loaded.name, "sha256": loaded.sha256}
     record["settings"] = OmegaConf.to_container(cfg, resolve=True)
     write_json_atomically(cfg.out, record, indent=1)
     state = "converged" if result.converged else f"NOT converged ({result.status})"

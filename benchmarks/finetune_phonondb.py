@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "finetune_phonondb")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "finetune_phonondb" / "report")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the records")
+    parser.add_argument("--shard", default="0/1", help="K/N: compute every N-th material from the K-th (parallel runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     settings = HarmonicSettings(q_mesh=(12, 12, 12))
@@ -186,12 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     entries = select(read_index(), args.split, max_supercell_atoms=args.max_supercell_atoms, elements=elements)
     entries = [entries[i] for i in np.random.default_rng(0).permutation(len(entries))][: args.limit]
     command = "python -m benchmarks.finetune_phonondb " + " ".join(sys.argv[1:] if argv is None else argv)
+    shard, shards = (int(x) for x in args.shard.split("/"))
     if not args.report_only:
         start = time.perf_counter()
-        for index, entry in enumerate(entries, 1):
+        for index, entry in enumerate(entries[shard::shards], 1):
             evaluate_material(entry, archive_path(args.phonondb_dir, entry), models, settings, args.work)
-            if index % 10 == 0 or index == len(entries):
-                print(f"[{index}/{len(entries)}] {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+            if index % 10 == 0:
+                print(f"[{index}/{len(entries[shard::shards])}] {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     result = report(list(models), args.work, args.out, command, settings)
     print(markdown(result, list(models)))
 

@@ -14,7 +14,11 @@ import numpy as np
 
 def choose_supercell(atoms, min_atoms: int, max_atoms: int, matrix=None) -> np.ndarray:
     """Diagonal supercell: the smallest balanced one (by lattice-plane spacing) with ≥ ``min_atoms``
-    atoms; if that has more than ``max_atoms``, the largest balanced one that stays within it."""
+    atoms; if that has more than ``max_atoms``, the largest balanced one that stays within it.
+
+    The cell itself is never accepted: it samples Γ alone, and mesh frequencies interpolated from it
+    are artefacts. When no larger balanced supercell fits ``max_atoms`` the error says so.
+    """
     from generate.harmonic import supercell_matrix_for_min_length
 
     if matrix is not None:
@@ -23,13 +27,22 @@ def choose_supercell(atoms, min_atoms: int, max_atoms: int, matrix=None) -> np.n
     n = len(atoms)
     if n > max_atoms:
         raise ValueError(f"supercell.max_atoms = {max_atoms} is below the {n} atoms of the cell itself")
-    below = np.eye(3, dtype=int)
+    below = None
     for length in np.arange(0.5, 80.0, 0.25):
         m = supercell_matrix_for_min_length(atoms, float(length))
         size = n * round(abs(np.linalg.det(m)))
-        if size >= min_atoms:
-            return m if size <= max_atoms else below
+        if size == n:
+            continue  # Γ only
+        if size > max_atoms:
+            break
         below = m
+        if size >= min_atoms:
+            break
+    if below is None:
+        raise ValueError(
+            f"no supercell of this {n}-atom cell beyond the cell itself fits supercell.max_atoms = {max_atoms} "
+            f"(the smallest balanced one has {size} atoms); the cell alone samples only Γ: raise supercell.max_atoms"
+        )
     return below
 
 

@@ -205,7 +205,11 @@ def test_choose_supercell_bounds():
     assert np.prod(np.diag(choose_supercell(fcc, 16, 64))) == 27
     assert np.prod(np.diag(choose_supercell(bulk("Cu", "sc", a=4.0), 16, 64))) == 27
     big = bulk("Cu", "fcc", a=3.6).repeat((2, 2, 2))  # 8 atoms: 2x2x2 would be 64 > 40
-    assert np.prod(np.diag(choose_supercell(big, 16, 40))) * 8 <= 40
+    assert np.prod(np.diag(choose_supercell(big, 16, 100))) == 8  # 64 atoms: the smallest beyond the cell
+    with pytest.raises(ValueError, match="the cell alone samples only Γ"):  # never a Γ-only "supercell"
+        choose_supercell(big, 16, 40)
+    with pytest.raises(ValueError, match="the cell alone samples only Γ"):
+        choose_supercell(big, 8, 40)  # the cell has min_atoms already, but alone it is still Γ only
     assert (choose_supercell(fcc, 16, 64, [2, 2, 2]) == np.diag([2, 2, 2])).all()
 
 

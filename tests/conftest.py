@@ -10,6 +10,10 @@ REFERENCE = SHARED / "reference"
 CHECKPOINTS = ["M3GNet-MP-2021.2.8-PES", "M3GNet-MatPES-PBE-v2025.1-PES", "TensorNet-MatPES-PBE-v2025.1-PES"]
 
 os.environ.setdefault("THERMOBENCH_MODELS", str(MODELS))
+# Absolute, so tests that change the working directory still find the models (CI passes ../shared/models).
+os.environ["THERMOBENCH_MODELS"] = os.pathsep.join(
+    str(Path(p).resolve()) for p in os.environ["THERMOBENCH_MODELS"].split(os.pathsep) if p
+)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never use the network
 
 

@@ -23,7 +23,7 @@ from generate.labels import (
     smeared_dos,
     structure_hash,
 )
-from generate.settings import RECORD_VERSION, engine_settings, fingerprint, package_versions
+from generate.settings import RECORD_VERSION, engine_settings, fingerprint, package_versions, sscha_settings
 from thermobench.families import Material
 from thermobench.potentials import load_named_potential
 
@@ -89,7 +89,7 @@ def _stage(name: str, function: Callable, *args, **kwargs):
 def _compute_rows(material: Material, settings: dict, device: str, potential, start: float) -> list[dict]:
     from generate.harmonic import HarmonicSettings, harmonic_phonons
     from generate.relax import RelaxSettings, relax
-    from generate.sscha import SSCHASettings, run_sscha_engine
+    from generate.sscha import run_sscha_engine
     from thermobench.families import formula_reduced
     from thermobench.potentials import check_structure
 
@@ -126,7 +126,6 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     sg = _stage("symmetry", _spacegroup_number_symbol, cell, symprec)
     versions = package_versions()
     dos_cfg = settings["dos"]
-    sscha_cfg = dict(settings["sscha"])
     shift_min = float(settings["targets"]["shift_min_frequency_THz"])
     static_energy = relaxed.energy_eV_atom
     harmonic_super = None
@@ -136,11 +135,8 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     engine = engine_settings(settings)
     results = []
     for temperature in temperatures:
-        sscha_settings = SSCHASettings(
-            **{**sscha_cfg, "temperature_K": temperature, "seed": int(settings["seed"]), "symprec": symprec,
-               "q_mesh": tuple(h["q_mesh"]), "displacement_A": h["displacement_A"]}
-        )
-        result = _stage(f"sscha@{temperature:g}K", run_sscha_engine, cell, loaded.model, matrix, sscha_settings, engine,
+        result = _stage(f"sscha@{temperature:g}K", run_sscha_engine, cell, loaded.model, matrix,
+                        sscha_settings(settings, temperature), engine,
                         harmonic=(fc_harmonic, 0))
         results.append(result)
         harmonic_super = result.harmonic_supercell_frequencies_THz

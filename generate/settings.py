@@ -39,12 +39,21 @@ def engine_settings(settings: dict):
     return EngineSettings(**values, surrogate=SurrogateSettings(**surrogate))
 
 
+def sscha_settings(settings: dict, temperature_K: float):
+    """The SSCHA's settings at one temperature: the ``sscha`` block plus the harmonic ones it shares."""
+    from generate.sscha import SSCHASettings
+
+    h = settings["harmonic"]
+    return SSCHASettings(**{**settings["sscha"], "temperature_K": float(temperature_K), "seed": int(settings["seed"]),
+                            "symprec": h["symprec"], "q_mesh": tuple(h["q_mesh"]), "displacement_A": h["displacement_A"],
+                            "imaginary_tolerance_THz": h["imaginary_tolerance_THz"]})
+
+
 def check_settings(settings: dict) -> None:
     """Every numerical setting, checked before the first material; ``SettingsError`` names the field."""
     from generate import checks
     from generate.harmonic import HarmonicSettings
     from generate.relax import RelaxSettings
-    from generate.sscha import SSCHASettings
 
     quantum = bool(settings["sscha"].get("quantum", True))
     temperatures = checks.temperatures(settings["temperatures_K"], "temperatures_K", quantum=quantum)
@@ -57,8 +66,7 @@ def check_settings(settings: dict) -> None:
     HarmonicSettings(displacement_A=h["displacement_A"], symprec=h["symprec"], q_mesh=tuple(h["q_mesh"]),
                      imaginary_tolerance_THz=h["imaginary_tolerance_THz"], temperatures_K=temperatures)
     for temperature in temperatures:
-        SSCHASettings(**{**settings["sscha"], "temperature_K": temperature, "seed": int(settings["seed"]),
-                         "symprec": h["symprec"], "q_mesh": tuple(h["q_mesh"]), "displacement_A": h["displacement_A"]})
+        sscha_settings(settings, temperature)
     if settings["kappa"].get("enabled"):
         from generate.kappa import settings_from_dict
 

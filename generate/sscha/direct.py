@@ -372,7 +372,7 @@ def sscha_result(
     modes = gaussian_modes(model, dynamical, settings)
     frequencies, errors = sorted_frequencies_with_errors(model, dynamical, modes, mode_errors_THz)
     qpoints = commensurate_qpoints(model.phonon)
-    unstable = unstable_modes(model.phonon, fc_harmonic, qpoints)
+    unstable = unstable_modes(model.phonon, fc_harmonic, qpoints, settings.imaginary_tolerance_THz)
     commensurate, mesh = phonon_frequencies(model.phonon, fc, qpoints, settings.q_mesh)
     return SSCHAResult(
         temperature_K=settings.temperature_K,

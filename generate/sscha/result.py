@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from ase import Atoms
 
+from generate.harmonic import IMAGINARY_TOLERANCE_THZ
+
 
 @dataclass(frozen=True)
 class SSCHASettings:
@@ -28,6 +30,7 @@ class SSCHASettings:
     primitive_matrix: str | tuple | None = "auto"
     q_mesh: tuple[int, int, int] = (8, 8, 8)
     n_error_batches: int = 10  # batches of antithetic pairs for the stochastic errors
+    imaginary_tolerance_THz: float = IMAGINARY_TOLERANCE_THZ  # harmonic modes below -this are unstable
     max_atoms_per_chunk: int = 2048  # evaluate_batch chunk size
     seed: int = 0
 
@@ -51,6 +54,7 @@ class SSCHASettings:
         checks.positive(self.symprec, "sscha.symprec")
         checks.mesh(self.q_mesh, "sscha.q_mesh")
         checks.positive(self.n_error_batches, "sscha.n_error_batches", integer=True, minimum=2, strict=False)
+        checks.positive(self.imaginary_tolerance_THz, "sscha.imaginary_tolerance_THz", strict=False)
 
 
 @dataclass(frozen=True)

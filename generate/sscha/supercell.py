@@ -14,7 +14,6 @@ from generate.sscha.result import SSCHASettings, UnstableMode
 
 HBAR_EV_T = units._hbar * units.J * units.second  # ħ in eV × ASE time units
 THZ_PER_OMEGA = units.second / (2 * np.pi * 1e12)  # angular frequency in ASE units -> THz
-UNSTABLE_TOLERANCE_THZ = 0.1  # as in generate.harmonic: ML potentials leave ±0.1 THz of noise
 
 # ----------------------------------------------------------------------------------------------
 # The supercell: masses, symmetry, acoustic subspace
@@ -255,11 +254,11 @@ def harmonic_force_constants(model: SupercellModel, potential, settings: SSCHASe
     return to_blocks(symmetrize_matrix(model, to_matrix(phonon.force_constants))), len(structures)
 
 
-def unstable_modes(phonon, force_constants: np.ndarray, qpoints: np.ndarray) -> tuple[UnstableMode, ...]:
+def unstable_modes(phonon, force_constants: np.ndarray, qpoints: np.ndarray, tolerance_THz: float) -> tuple[UnstableMode, ...]:
     phonon.force_constants = force_constants
     phonon.run_qpoints(qpoints)
     frequencies = np.asarray(phonon.qpoints.frequencies)
     return tuple(
         UnstableMode(qpoint=tuple(float(x) for x in qpoints[i]), band=int(j), frequency_THz=float(frequencies[i, j]))
-        for i, j in zip(*np.nonzero(frequencies < -UNSTABLE_TOLERANCE_THZ), strict=True)
+        for i, j in zip(*np.nonzero(frequencies < -tolerance_THz), strict=True)
     )

@@ -157,7 +157,11 @@ def _phonondb(files: dict[str, bytes], name: str, log_level: int = 0):
 
 
 def _check_against_disp_yaml(phonon, disp: bytes | None, name: str) -> None:
-    """The supercell phonopy builds must be the one the forces were computed for (old disp.yaml)."""
+    """The supercell phonopy builds must be the one the forces were computed for (old disp.yaml).
+
+    Old phonopy versions ordered some supercells differently: when disp.yaml holds the same atoms in
+    another order, the dataset (displaced atom numbers and forces) is carried over to phonopy's order.
+    """
     if disp is None:
         return
     import yaml
@@ -172,9 +176,24 @@ def _check_against_disp_yaml(phonon, disp: bytes | None, name: str) -> None:
     supercell = phonon.supercell
     if len(positions) != len(supercell) or not np.allclose(lattice, supercell.cell, atol=1e-5):
         raise DatasetError(f"{name}: disp.yaml supercell ({len(positions)} atoms) differs from POSCAR-unitcell x DIM ({len(supercell)})")
-    delta = positions - supercell.scaled_positions
-    if np.abs(delta - np.rint(delta)).max() > 1e-5:
-        raise DatasetError(f"{name}: disp.yaml atom order differs from phonopy's supercell of POSCAR-unitcell x DIM")
+    delta = positions[:, None, :] - supercell.scaled_positions[None, :, :]
+    match = np.abs(delta - np.rint(delta)).max(axis=2) < 1e-5  # (disp.yaml atom, phonopy atom)
+    if not (match.sum(axis=1) == 1).all() or not (match.sum(axis=0) == 1).all():
+        raise DatasetError(f"{name}: the atoms of disp.yaml's supercell are not those of POSCAR-unitcell x DIM")
+    order = match.argmax(axis=1)  # disp.yaml atom i is phonopy atom order[i]
+    if (order == np.arange(len(order))).all():
+        return
+    # In phonopy's order the displaced atoms need not be the representatives its finite-difference
+    # solver expects, so the data become a type-2 set (every supercell's displacements and forces),
+    # which symfc fits whatever atoms moved.
+    natom = len(supercell)
+    sets = phonon.dataset["first_atoms"]
+    displacements = np.zeros((len(sets), natom, 3))
+    forces = np.zeros((len(sets), natom, 3))
+    for k, displacement in enumerate(sets):
+        displacements[k, order[displacement["number"]]] = displacement["displacement"]
+        forces[k, order] = displacement["forces"]
+    phonon.dataset = {"displacements": displacements, "forces": forces}
 
 
 def _phonopy_yaml(files: dict[str, bytes], name: str, log_level: int = 0):

@@ -166,3 +166,41 @@ def test_generator_runs_a_phonondb_material(tmp_path):
     assert summary.n_done + summary.n_failed == 1
     (record,) = records_of(out).values()
     assert record["material_id"] == "phonondb-mp-361" and record["source_id"] == "mp-361" and record["formula"] == "Cu2O"
+
+
+def test_a_supercell_in_another_atom_order_is_carried_over(tmp_path):
+    """An old phonopy wrote some phonondb supercells in another atom order: the same DFT data,
+    permuted in disp.yaml and FORCE_SETS, must give the same frequencies (1e-4 THz: a symfc fit
+    of exact finite differences)."""
+    import yaml
+
+    from generate.phonon_data import _read_files
+
+    files = _read_files(NACL)
+    natom = 64
+    perm = np.random.default_rng(3).permutation(natom)  # new atom i is old atom perm[i]
+    inverse = np.argsort(perm)
+    disp = yaml.safe_load(files["disp.yaml"])
+    key = "atoms" if "atoms" in disp else "points"
+    disp[key] = [disp[key][j] for j in perm]
+    for d in disp["displacements"]:
+        d["atom"] = int(inverse[d["atom"] - 1]) + 1
+    lines = files["FORCE_SETS"].decode().split("\n")
+    out, k = lines[:3], 3
+    while k < len(lines) and lines[k].strip():
+        number = int(lines[k].split()[0])
+        rows = lines[k + 2 : k + 2 + natom]
+        out += [str(int(inverse[number - 1]) + 1), lines[k + 1], *[rows[j] for j in perm], ""]
+        k += natom + 3
+    folder = tmp_path / "permuted"
+    folder.mkdir()
+    for name in ("POSCAR-unitcell", "phonopy.conf", "BORN"):
+        (folder / name).write_bytes(files[name])
+    (folder / "disp.yaml").write_text(yaml.safe_dump(disp))
+    (folder / "FORCE_SETS").write_text("\n".join(out) + "\n")
+
+    permuted, original = load_dft_dataset(folder), load_dft_dataset(NACL)
+    assert "displacements" in permuted.dataset  # carried over as a type-2 set
+    for phonon in (permuted, original):
+        phonon.run_mesh([4, 4, 4], is_gamma_center=True)
+    np.testing.assert_allclose(permuted.get_mesh_dict()["frequencies"], original.get_mesh_dict()["frequencies"], atol=1e-4)

@@ -63,6 +63,13 @@ def evaluate(cfg: DictConfig) -> dict:
     data_cfg = summary["config"]["data"]
     model_key = cfg.get("model_key") or model_key_for(summary["model_name"], dataset, summary["task"]["name"])
     out_dir = Path(cfg.leaderboard_dir)
+    entry_path = out_dir / f"{model_key}.yml"
+    predictions_path = out_dir / "predictions" / f"{model_key}.parquet"
+    if not cfg.get("overwrite") and (entry_path.exists() or predictions_path.exists()):
+        raise FileExistsError(  # checked before any scoring
+            f"{entry_path} or its predictions already exist; refusing to overwrite a leaderboard entry "
+            "(pass overwrite=true to replace it, or another leaderboard_dir / model_key)"
+        )
     tables, model, versions = [], None, set()
     for split, artifact in artifacts.items():
         model = load_model(artifact)
@@ -89,13 +96,6 @@ def evaluate(cfg: DictConfig) -> dict:
         if cfg.get("feature_importance") and split == "random" and hasattr(model, "permutation_importance"):
             write_importance(model, test, datamodule.labels["test"], out_dir / "figures", model_key)
     predictions = pd.concat(tables, ignore_index=True)
-    entry_path = out_dir / f"{model_key}.yml"
-    predictions_path = out_dir / "predictions" / f"{model_key}.parquet"
-    if not cfg.get("overwrite") and (entry_path.exists() or predictions_path.exists()):
-        raise FileExistsError(
-            f"{entry_path} or its predictions already exist; refusing to overwrite a leaderboard entry "
-            "(pass overwrite=true to replace it, or another leaderboard_dir / model_key)"
-        )
     predictions_path.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_parquet(predictions_path, index=False)
     root = out_dir.resolve()  # predictions paths are relative to the entry's folder

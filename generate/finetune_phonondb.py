@@ -191,6 +191,7 @@ def finetune_at_scale(config) -> dict:
         rng = np.random.default_rng([config.seed, step, 1])
         samples = []
         for entry in step_materials(train, step, source.materials_per_step, config.seed):
+            state.setdefault("train_read", set()).add(entry.material_id)
             samples += material_samples(cache, entry, source.displacements_per_step, rng, anchor)
         if config.replay_every and replay and step % config.replay_every == 0:
             samples += [replay[k] for k in rng.choice(len(replay), size=min(config.batch_size, len(replay)), replace=False)]
@@ -209,7 +210,7 @@ def finetune_at_scale(config) -> dict:
             error = validation_error(tuned, cache, validation, source.validation_displacements, config.seed)
             state["wall_s"] = time.perf_counter() - started
             record = {"step": state["step"], **error, "train_loss": float(np.mean(losses)) if losses else None,
-                      "lr": schedule.get_last_lr()[0], "wall_s": state["wall_s"], "materials_seen": len(cache.data)}
+                      "lr": schedule.get_last_lr()[0], "wall_s": state["wall_s"], "train_materials_seen": len(state.get("train_read", ()))}
             losses = []
             state["history"].append(record)
             improved = error["relative_force_change_mae"] < state["best"]["relative_force_change_mae"]
@@ -231,7 +232,9 @@ def finetune_at_scale(config) -> dict:
         "base_potential": describe(base),
         "data": {"source": "phonondb", "mirror_commit": MIRROR_COMMIT, "split": "train (fixed hash split, thermobench/data/phonondb/index.csv)",
                  "max_supercell_atoms": source.max_supercell_atoms, "train_materials": len(train),
-                 "train_materials_read": len(cache.data) - len([v for v in validation if v.material_id in cache.data]),
+                 # runs checkpointed before the set was kept logged materials read, validation included
+                 "train_materials_read": len(state["train_read"]) if state.get("train_read")
+                 else state["history"][-1].get("materials_seen", 0) - len(validation),
                  "validation_materials": len(validation), "read": sorted(cache.data), "skipped": cache.skipped},
         "hyperparameters": {k: config[k] for k in ("lr", "max_steps", "batch_size", "force_weight", "equilibrium_weight", "energy_weight",
                                                     "seed", "replay_structures", "replay_every", "gradient_clip", "validate_every")}

@@ -67,3 +67,17 @@ def test_unpatched_matgl_is_wrong_on_compounds(shared):
     nacl = frames["NaCl-rocksalt-primitive"]
     raw_energy = evaluate_batch(raw, [nacl]).energies_eV[0]
     assert abs(raw_energy - nacl.get_potential_energy()) / len(nacl) > 0.1
+
+
+def test_shipped_fine_tuned_potential_loads_without_network(monkeypatch):
+    from ase.build import bulk
+
+    from thermobench.potentials import PACKAGED_MODELS, evaluate_batch, load_potential
+
+    monkeypatch.setenv("THERMOBENCH_MODELS", "")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    potential = load_potential("M3GNet-phonondb-PBEsol")
+    assert potential.thermobench_info["path"] == str(PACKAGED_MODELS / "M3GNet-phonondb-PBEsol")
+    assert (PACKAGED_MODELS / "M3GNet-phonondb-PBEsol" / "README.md").read_text().count("phonondb") >= 2
+    result = evaluate_batch(potential, [bulk("NaCl", "rocksalt", a=5.6)])
+    assert abs(result.forces_eV_A[0]).max() < 1e-4  # every atom at an inversion centre: zero force by symmetry

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generate.atomic import write_json_atomically
-from generate.records import compute_material, open_run_folder
+from generate.records import compute_material, material_fields, open_run_folder
 from generate.settings import RECORD_VERSION, check_settings, settings_from_config
 from thermobench.families import Material
 from thermobench.potentials import LoadedPotential, named_potential_sha256
@@ -75,12 +75,7 @@ def ray_executor(materials: list[Material], settings: dict, device: str, ray_cfg
         except Exception as error:  # the worker died (out of memory, killed node): record it, go on
             yield {
                 "record_version": RECORD_VERSION,
-                "material_id": material.material_id,
-                "name": material.name,
-                "formula": material.formula,
-                "family": material.family,
-                "source": material.source,
-                "source_id": material.source_id,
+                **material_fields(material),
                 "status": "failed",
                 "stage": "worker",
                 "reason": f"{type(error).__name__}: {error}",

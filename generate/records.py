@@ -41,6 +41,12 @@ class StageError(RuntimeError):
 # One material
 
 
+def material_fields(material: Material) -> dict:
+    """The columns that name a material, shared by its rows and its failure records."""
+    return {"material_id": material.material_id, "name": material.name, "formula": material.formula,
+            "family": material.family, "source": material.source, "source_id": material.source_id}
+
+
 def compute_material(material: Material, settings: dict, device: str = "cpu", potential=None) -> dict:
     """Compute one material's record; never raises (a failure becomes a failure record).
 
@@ -49,12 +55,7 @@ def compute_material(material: Material, settings: dict, device: str = "cpu", po
     start = time.time()
     base = {
         "record_version": RECORD_VERSION,
-        "material_id": material.material_id,
-        "name": material.name,
-        "formula": material.formula,
-        "family": material.family,
-        "source": material.source,
-        "source_id": material.source_id,
+        **material_fields(material),
         "started": start,
         "host": os.uname().nodename,
     }
@@ -155,12 +156,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     mesh_full = np.asarray(harmonic.mesh_weights)
     n_imag_mesh = int(((harm_mesh < -tolerance).sum(axis=1) * mesh_full).sum())
     identity = {
-        "material_id": material.material_id,
-        "name": material.name,
-        "formula": material.formula,
-        "family": material.family,
-        "source": material.source,
-        "source_id": material.source_id,
+        **material_fields(material),
         "spacegroup_number": sg[0],
         "spacegroup_symbol": sg[1],
         "structure_hash": structure_hash(cell),

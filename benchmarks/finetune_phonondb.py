@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from generate.atomic import write_json_atomically
 from generate.harmonic import HarmonicSettings, phonon_properties
 from generate.phonon_data import DatasetError
 from generate.validate_phonons import compare, load_dft_dataset, potential_phonons_on_dft_geometry
@@ -38,13 +39,6 @@ METRICS = ("frequency_mae_THz", "wasserstein_THz", "max_frequency_error_THz", "f
 
 def label_of(potential: str) -> str:
     return Path(potential).name if Path(potential).name not in ("model", "best") else Path(potential).parent.name
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, default=float))
-    tmp.replace(path)
 
 
 def evaluate_material(entry, archive: Path, models: dict, settings: HarmonicSettings, work: Path) -> None:
@@ -60,7 +54,7 @@ def evaluate_material(entry, archive: Path, models: dict, settings: HarmonicSett
         dft = phonon_properties(reference, settings, 0, spectra=False)
     except (DatasetError, ValueError) as error:
         for label in todo:
-            write_json(work / label / f"{entry.material_id}.json", {**base, "status": f"skipped: {error}"})
+            write_json_atomically(work / label / f"{entry.material_id}.json", {**base, "status": f"skipped: {error}"})
         return
     for label, model in todo.items():
         start = time.perf_counter()
@@ -69,7 +63,7 @@ def evaluate_material(entry, archive: Path, models: dict, settings: HarmonicSett
             record = {**base, "status": "ok", **asdict(compare(dft, ours)), "wall_s": time.perf_counter() - start}
         except Exception as error:  # one material never stops the benchmark
             record = {**base, "status": f"failed: {type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-        write_json(work / label / f"{entry.material_id}.json", record)
+        write_json_atomically(work / label / f"{entry.material_id}.json", record)
 
 
 def summarize(records: list[dict]) -> dict:

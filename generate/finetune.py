@@ -369,6 +369,15 @@ def finetune(config) -> dict:
     return report
 
 
+def drift_sentence(drift: dict) -> str:
+    """One line of a model card on the parity structures' drift (``parity_drift``'s result)."""
+    if not drift.get("available"):
+        return "Parity drift not computed."
+    return (f"Parity structures ({drift['structures']}): mean |ΔE| {1000 * drift['energy_abs_change_eV_atom_mean']:.1f} meV/atom, "
+            f"max |ΔF| {drift['force_abs_change_eV_A_max']:.3f} eV/Å, max lattice-constant change "
+            f"{drift['lattice_constant_change_percent_max_abs']:.2f} %.")
+
+
 def model_card(report: dict, config) -> str:
     base = report["base_potential"]
     before, after = report["force_errors_before"], report["force_errors_after"]
@@ -377,13 +386,7 @@ def model_card(report: dict, config) -> str:
         f"{before[m]['equilibrium_force_mae_eV_A']:.4f} | {after[m]['equilibrium_force_mae_eV_A']:.4f} |"
         for m in before
     )
-    drift = report["parity_drift"]
-    drift_text = (
-        f"Parity structures ({drift['structures']}): mean |ΔE| {1000 * drift['energy_abs_change_eV_atom_mean']:.1f} meV/atom, "
-        f"max |ΔF| {drift['force_abs_change_eV_A_max']:.3f} eV/Å, max lattice-constant change "
-        f"{drift['lattice_constant_change_percent_max_abs']:.2f} %."
-        if drift.get("available") else "Parity drift not computed."
-    )
+    drift_text = drift_sentence(report["parity_drift"])
     return f"""# {Path(config.out_dir).name}: {base.get('name')} fine-tuned on DFT phonon data
 
 Base checkpoint: `{base.get('name')}` (sha256 `{base.get('sha256')}`), message-passing convention

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generate.finetune import Sample, _batch, freeze, loss_terms, replay_samples, weight_by_force_scale
+from generate.finetune import Sample, _batch, drift_sentence, freeze, loss_terms, replay_samples, weight_by_force_scale
 from generate.phonon_data import DatasetError, displaced_forces, load_phonon_dataset
 
 
@@ -256,13 +256,7 @@ def model_card(report: dict, config) -> str:
     from thermobench.phonondb import CITATION, MIRROR_URL
 
     base, data, best = report["base_potential"], report["data"], report["best"]
-    drift = report["parity_drift"]
-    drift_text = (
-        f"Parity structures ({drift['structures']}): max lattice-constant change "
-        f"{drift['lattice_constant_change_percent_max_abs']:.2f} %, mean |ΔE| "
-        f"{1000 * drift['energy_abs_change_eV_atom_mean']:.1f} meV/atom."
-        if drift.get("available") else "Parity drift not computed."
-    )
+    drift_text = drift_sentence(report["parity_drift"])
     return f"""# {base.get('name')} fine-tuned on the Kyoto phonon database (PBEsol)
 
 - Base: `{base.get('name')}` (sha256 `{base.get('sha256')}`), matgl {base.get('matgl_version')}; loads through

@@ -25,7 +25,6 @@ import numpy as np
 
 ARCHIVE_SUFFIXES = (".tar.lzma", ".tar.xz", ".tar.gz", ".tgz", ".tar")
 DATASET_FILES = ("phonopy_params.yaml", "phonopy_params.yaml.xz", "phonopy_disp.yaml", "POSCAR-unitcell")
-PHONONDB_NAME = re.compile(r"materials-id-(?P<id>\d+)-")
 
 
 class DatasetError(ValueError):
@@ -34,10 +33,12 @@ class DatasetError(ValueError):
 
 def dataset_name(path: Path) -> str:
     """``mp-<id>`` for phonondb archives, else the directory or archive name without suffix."""
+    from thermobench.phonondb import material_id_of
+
     path = Path(path)
-    match = PHONONDB_NAME.match(path.name)
-    if match:
-        return f"mp-{match['id']}"
+    material_id = material_id_of(path.name)
+    if material_id:
+        return material_id
     for suffix in ARCHIVE_SUFFIXES:
         if path.name.endswith(suffix):
             return path.name[: -len(suffix)]
@@ -307,7 +308,8 @@ def phonondb_entry(archive: Path):
     except (IndexError, ValueError):
         raise DatasetError(f"{name}: FORCE_SETS header has no displacement count") from None
     symbols = Symbols.fromsymbols([s for s, n in zip(species, counts, strict=True) for _ in range(n)])
-    spacegroup = int(re.search(r"-(\d+)\.tar", archive.name).group(1)) if re.search(r"-(\d+)\.tar", archive.name) else 0
+    number = re.search(r"-(\d+)\.tar", archive.name)  # the archive name ends in the space-group number
+    spacegroup = int(number.group(1)) if number else 0
     return Entry(
         material_id=name,
         formula=symbols.get_chemical_formula(mode="metal", empirical=True),
@@ -357,6 +359,13 @@ def produce_force_constants(phonon, full: bool = False) -> None:
     fc_calculator = "symfc" if "displacements" in (phonon.dataset or {}) else None
     phonon.produce_force_constants(calculate_full_force_constants=full, fc_calculator=fc_calculator)
     phonon.symmetrize_force_constants()
+
+
+def load_dft_dataset(path: Path):
+    """phonopy object with DFT force constants (and NAC when ``BORN`` is present), any layout."""
+    phonon = load_phonon_dataset(path)
+    produce_force_constants(phonon)  # compact, as phonopy.load does
+    return phonon
 
 
 def _main() -> None:  # pragma: no cover

@@ -128,10 +128,9 @@ class _PhonondbBuilder:
 
 def dft_stable(archive: Path, mesh=(8, 8, 8), tolerance_THz: float = 0.1) -> bool:
     """Whether phonondb's DFT phonons have no mode below -``tolerance_THz`` on a Γ-centred mesh."""
-    from generate.phonon_data import load_phonon_dataset, produce_force_constants
+    from generate.phonon_data import load_dft_dataset
 
-    phonon = load_phonon_dataset(archive)
-    produce_force_constants(phonon)
+    phonon = load_dft_dataset(archive)
     phonon.run_mesh(list(mesh), is_gamma_center=True)
     return bool(phonon.get_mesh_dict()["frequencies"].min() >= -tolerance_THz)
 

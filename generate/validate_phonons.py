@@ -36,7 +36,7 @@ from generate.phonon_data import (
     dataset_name,
     displacements_only,
     find_datasets,
-    load_phonon_dataset,
+    load_dft_dataset,
     produce_force_constants,
 )
 from generate.relax import RelaxSettings, relax
@@ -57,13 +57,6 @@ class PhononComparison:
     reference_stable: bool
     potential_stable: bool
     potential_min_frequency_THz: float
-
-
-def load_dft_dataset(path: Path):
-    """phonopy object with DFT force constants (and NAC when ``BORN`` is present), any layout."""
-    phonon = load_phonon_dataset(path)
-    produce_force_constants(phonon)  # compact, as phonopy.load does
-    return phonon
 
 
 def _same_setup_phonopy(reference, unitcell):

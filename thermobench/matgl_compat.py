@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matgl.layers._embedding import TensorEmbedding
 from matgl.graph._compute import compute_pair_vector_and_distance
+from matgl.layers._embedding import TensorEmbedding
 from matgl.layers._graph_convolution import M3GNetGraphConv
 from matgl.layers._three_body import ThreeBodyInteractions
 from matgl.utils.maths import scatter_add

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,15 @@ CITATION = (
     "A. Togo, phonondb (Kyoto phonon database), version 2018-04-17, VASP PBEsol, CC BY 4.0; "
     "mirrored at github.com/WMD-group/phononDB"
 )
+
+
+ARCHIVE_NAME = re.compile(r"materials-id-(?P<id>\d+)-")
+
+
+def material_id_of(archive_name: str) -> str | None:
+    """``mp-<id>`` of a phonondb archive name (``materials-id-149-si-fd-3m-227.tar.lzma``), else None."""
+    match = ARCHIVE_NAME.match(archive_name)
+    return f"mp-{match['id']}" if match else None
 
 
 def split_of(material_id: str) -> str:
@@ -134,7 +144,7 @@ def present_ids(phonondb_dir: Path) -> set[str]:
     """mp ids of the archives in a clone's ``phonon_db_tarred/`` (or any folder holding a subset of them)."""
     root = Path(phonondb_dir)
     root = root / "phonon_db_tarred" if (root / "phonon_db_tarred").is_dir() else root
-    found = {f"mp-{p.name.split('-')[2]}" for p in root.glob("materials-id-*.tar.lzma")}
+    found = {material_id_of(p.name) for p in root.glob("materials-id-*.tar.lzma")}
     if not found:
         raise FileNotFoundError(f"no phonondb archives (materials-id-*.tar.lzma) in {root}: git clone {MIRROR_URL}")
     return found

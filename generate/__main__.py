@@ -1,4 +1,4 @@
-"""``python -m generate [key=value ...]``: run the generation pipeline (settings in conf/generate.yaml)."""
+"""``python -m generate [group=option ...] [key=value ...]``: run the generation pipeline (conf/generate.yaml)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import sys
 
 import hydra
 from omegaconf import DictConfig, open_dict
+
+from generate.config import register
+
+register()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="generate")

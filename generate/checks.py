@@ -90,7 +90,7 @@ def supercell_matrix(values, field: str) -> np.ndarray:
 
 
 def atom_budget(min_atoms, max_atoms, field: str = "supercell") -> tuple[int, int]:
-    low = positive(min_atoms, f"{field}.min_atoms", integer=True)
+    low = positive(min_atoms, f"{field}.min_atoms", integer=True, strict=False)
     high = positive(max_atoms, f"{field}.max_atoms", integer=True)
     if low > high:
         raise SettingsError(f"{field}.min_atoms = {low} exceeds {field}.max_atoms = {high}")

@@ -12,9 +12,10 @@ import numpy as np
 # Physics helpers
 
 
-def choose_supercell(atoms, min_atoms: int, max_atoms: int, matrix=None) -> np.ndarray:
-    """Diagonal supercell: the smallest balanced one (by lattice-plane spacing) with ≥ ``min_atoms``
-    atoms; if that has more than ``max_atoms``, the largest balanced one that stays within it.
+def choose_supercell(atoms, min_atoms: int, max_atoms: int, matrix=None, min_length_A: float = 0.0) -> np.ndarray:
+    """Diagonal supercell: the smallest balanced one (by lattice-plane spacing) whose planes are at
+    least ``min_length_A`` apart and that has ≥ ``min_atoms`` atoms; if that has more than
+    ``max_atoms``, the largest balanced one that stays within it.
 
     The cell itself is never accepted: it samples Γ alone, and mesh frequencies interpolated from it
     are artefacts. When no larger balanced supercell fits ``max_atoms`` the error says so.
@@ -36,7 +37,7 @@ def choose_supercell(atoms, min_atoms: int, max_atoms: int, matrix=None) -> np.n
         if size > max_atoms:
             break
         below = m
-        if size >= min_atoms:
+        if size >= min_atoms and length >= min_length_A:
             break
     if below is None:
         raise ValueError(

@@ -158,7 +158,7 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
     manifest["runs"].append(run_entry)
     write_json_atomically(folder.manifest_path, manifest)
 
-    device = str(cfg.device)
+    device = str(cfg.potential.device)
     if cfg.executor.kind == "serial" or potential is not None:
         records = serial_executor(todo, settings, device, potential)
     elif cfg.executor.kind == "ray":

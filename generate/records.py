@@ -23,7 +23,14 @@ from generate.labels import (
     smeared_dos,
     structure_hash,
 )
-from generate.settings import RECORD_VERSION, engine_settings, fingerprint, package_versions, sscha_settings
+from generate.settings import (
+    RECORD_VERSION,
+    fingerprint,
+    harmonic_settings,
+    package_versions,
+    sscha_engine,
+    sscha_settings,
+)
 from thermobench.families import Material
 from thermobench.potentials import load_named_potential
 
@@ -88,39 +95,31 @@ def _stage(name: str, function: Callable, *args, **kwargs):
 
 
 def _compute_rows(material: Material, settings: dict, device: str, potential, start: float) -> list[dict]:
-    from generate.harmonic import HarmonicSettings, harmonic_phonons
-    from generate.relax import RelaxSettings, relax
-    from generate.sscha import run_sscha_engine
+    from generate.config import relax_settings
+    from generate.harmonic import harmonic_phonons
+    from generate.relax import relax
     from thermobench.families import formula_reduced
     from thermobench.potentials import check_structure
 
     atoms = _stage("load", material.atoms)
     loaded = potential if potential is not None else _stage("potential", load_named_potential, settings["potential"], device)
     _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})")
-    sc = settings["supercell"]
-    _stage("check", choose_supercell, atoms, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"))  # before the relaxation
+    _stage("check", sscha_supercells, atoms, settings["supercell"])  # before the relaxation
     if material.source == "file":  # a file's name says nothing reliable about its formula
         material = replace(material, formula=atoms.get_chemical_formula("metal", empirical=True))
 
     symprec = settings["harmonic"]["symprec"]
-    relax_settings = RelaxSettings(**{**settings["relax"], "symprec": symprec})
-    relaxed = _stage("relax", relax, atoms, loaded.calculator, relax_settings)
+    relaxed = _stage("relax", relax, atoms, loaded.calculator, relax_settings(settings["relax"], settings["harmonic"]))
     cell = relaxed.atoms
     cell.calc = None
 
-    matrix = choose_supercell(cell, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"))
+    matrix, large_matrix = sscha_supercells(cell, settings["supercell"])
     temperatures = [float(t) for t in settings["temperatures_K"]]
-    h = settings["harmonic"]
-    tolerance = float(h["imaginary_tolerance_THz"])
-    harmonic_settings = HarmonicSettings(
-        supercell_matrix=tuple(map(tuple, matrix.tolist())),
-        displacement_A=h["displacement_A"],
-        symprec=symprec,
-        q_mesh=tuple(h["q_mesh"]),
-        imaginary_tolerance_THz=tolerance,
-        temperatures_K=tuple(temperatures),
-    )
-    harmonic = _stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings)
+    tolerance = float(settings["harmonic"]["imaginary_tolerance_THz"])
+    harmonic = _stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings(settings, matrix, temperatures))
+    large = harmonic
+    if not np.array_equal(large_matrix, matrix):
+        large = _stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings(settings, large_matrix, temperatures))
     fc_harmonic = np.asarray(harmonic.phonon.force_constants)
     n_super = len(harmonic.phonon.supercell)
 
@@ -129,31 +128,27 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     dos_cfg = settings["dos"]
     shift_min = float(settings["targets"]["shift_min_frequency_THz"])
     static_energy = relaxed.energy_eV_atom
-    harmonic_super = None
-    harm_mesh = np.asarray(harmonic.mesh_frequencies_THz)
+    harm_mesh = np.asarray(large.mesh_frequencies_THz)
     harm_comm = np.asarray(harmonic.commensurate_frequencies_THz)
 
-    engine = engine_settings(settings)
-    results = []
-    for temperature in temperatures:
-        result = _stage(f"sscha@{temperature:g}K", run_sscha_engine, cell, loaded.model, matrix,
-                        sscha_settings(settings, temperature), engine,
-                        harmonic=(fc_harmonic, 0))
-        results.append(result)
-        harmonic_super = result.harmonic_supercell_frequencies_THz
+    engine = sscha_engine(settings)
+    results = _stage("sscha", engine.run, cell, loaded.model, matrix, [sscha_settings(settings, t) for t in temperatures],
+                     harmonic=(fc_harmonic, 0))
+    harmonic_super = results[0].harmonic_supercell_frequencies_THz
+    ren_meshes = _stage("embedding", _embedded_meshes, cell, matrix, harmonic, large, results, symprec)
 
     kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results)
 
     # Frequency grid shared by every temperature, so DOS rows are comparable.
-    all_max = max([harm_mesh.max()] + [r.mesh_frequencies_THz.max() for r in results])
-    all_min = min([harm_mesh.min()] + [r.mesh_frequencies_THz.min() for r in results])
+    all_max = max([harm_mesh.max()] + [m.max() for m in ren_meshes])
+    all_min = min([harm_mesh.min()] + [m.min() for m in ren_meshes])
     sigma = float(dos_cfg["sigma_THz"])
     grid = np.linspace(min(0.0, all_min) - 3 * sigma, all_max + 3 * sigma, int(dos_cfg["n_points"]))
-    harm_dos = smeared_dos(harm_mesh, harmonic.mesh_weights, grid, sigma)
+    harm_dos = smeared_dos(harm_mesh, large.mesh_weights, grid, sigma)
 
     n_imag = int((harmonic_super < -tolerance).sum())
     harm_min = float(min(harm_mesh.min(), harmonic_super.min()))
-    mesh_full = np.asarray(harmonic.mesh_weights)
+    mesh_full = np.asarray(large.mesh_weights)
     n_imag_mesh = int(((harm_mesh < -tolerance).sum(axis=1) * mesh_full).sum())
     identity = {
         **material_fields(material),
@@ -172,9 +167,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     }
     rows = []
     wall = time.time() - start
-    for temperature, result, kappa in zip(temperatures, results, kappas, strict=True):
-        if not np.allclose(result.mesh_qpoints, harmonic.mesh_qpoints):
-            raise StageError("record", ValueError("harmonic and SSCHA q-meshes differ"))
+    for temperature, result, kappa, ren_mesh in zip(temperatures, results, kappas, ren_meshes, strict=True):
         if n_imag == 0:
             f_h, s_h, c_h = mode_thermodynamics(harmonic_super, temperature, n_super, tolerance)
             f_h += static_energy
@@ -186,7 +179,6 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
         mean_shift, max_shift, n_shift, shift_reason = frequency_shifts(
             harmonic_super, result.supercell_frequencies_THz, n_imag, shift_min
         )
-        ren_mesh = np.asarray(result.mesh_frequencies_THz)
         rows.append(
             {
                 **identity,
@@ -198,14 +190,14 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
                 "commensurate_qpoints": np.asarray(harmonic.commensurate_qpoints).tolist(),
                 "harmonic_commensurate_frequencies_THz": harm_comm.tolist(),
                 "renormalized_commensurate_frequencies_THz": np.asarray(result.commensurate_frequencies_THz).tolist(),
-                "q_mesh": [int(x) for x in h["q_mesh"]],
-                "mesh_qpoints": np.asarray(harmonic.mesh_qpoints).tolist(),
-                "mesh_weights": [int(w) for w in harmonic.mesh_weights],
+                "q_mesh": [int(x) for x in settings["harmonic"]["q_mesh"]],
+                "mesh_qpoints": np.asarray(large.mesh_qpoints).tolist(),
+                "mesh_weights": [int(w) for w in large.mesh_weights],
                 "harmonic_mesh_frequencies_THz": harm_mesh.tolist(),
                 "renormalized_mesh_frequencies_THz": ren_mesh.tolist(),
                 "dos_frequencies_THz": grid.tolist(),
                 "harmonic_dos_states_per_THz": harm_dos.tolist(),
-                "renormalized_dos_states_per_THz": smeared_dos(ren_mesh, result.mesh_weights, grid, sigma).tolist(),
+                "renormalized_dos_states_per_THz": smeared_dos(ren_mesh, large.mesh_weights, grid, sigma).tolist(),
                 "dos_sigma_THz": sigma,
                 "imaginary_tolerance_THz": tolerance,
                 "n_imaginary_harmonic": n_imag,
@@ -256,6 +248,31 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     return rows
 
 
+def sscha_supercells(atoms, supercell: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The SSCHA supercell and the larger harmonic one of the ``supercell`` settings (the harmonic one
+    is never smaller than the SSCHA's)."""
+    sc = supercell
+    matrix = choose_supercell(atoms, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"), sc["min_length_A"])
+    n_small = len(atoms) * round(abs(np.linalg.det(matrix)))
+    if sc.get("matrix") is not None or sc["harmonic_max_atoms"] <= n_small:
+        return matrix, matrix
+    large = choose_supercell(atoms, 0, sc["harmonic_max_atoms"], None, sc["harmonic_min_length_A"])
+    return matrix, (large if abs(np.linalg.det(large)) > abs(np.linalg.det(matrix)) else matrix)
+
+
+def _embedded_meshes(cell, matrix, harmonic, large, results, symprec: float) -> list[np.ndarray]:
+    """Renormalized mesh frequencies per temperature: the large supercell's harmonic FC2 plus each
+    SSCHA correction (:mod:`generate.embedding`), on the harmonic mesh."""
+    from generate.embedding import correction_phonopy, embedded_frequencies_THz
+
+    out = []
+    for result in results:
+        correction = correction_phonopy(cell, matrix, harmonic.phonon.primitive_matrix, symprec,
+                                        result.force_constants_eV_A2 - result.harmonic_force_constants_eV_A2)
+        out.append(embedded_frequencies_THz(large.phonon, correction, large.mesh_qpoints))
+    return out
+
+
 def _spacegroup_number_symbol(atoms, symprec: float) -> tuple[int, str]:
     import spglib
 
@@ -280,7 +297,8 @@ def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results) -> l
     adapter = getattr(kappa_module, "pipeline_kappa_columns", None)
     if adapter is None:
         return [_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point") for _ in results]
-    return adapter(cell, matrix, loaded.model, harmonic, results, cfg)
+    shared = {k: settings["harmonic"][k] for k in ("symprec", "imaginary_tolerance_THz")}
+    return adapter(cell, matrix, loaded.model, harmonic, results, {**cfg, **shared})
 
 
 def _null_kappa(reason: str) -> dict:

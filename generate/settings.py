@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
+
 # ----------------------------------------------------------------------------------------------
 # Settings
 
@@ -18,9 +20,9 @@ def settings_from_config(cfg) -> dict:
 
     container = OmegaConf.to_container(cfg, resolve=True)
     # dataset_version is part of the fingerprint: another version never writes into this run's folder.
-    keys = ("potential", "temperatures_K", "supercell", "relax", "harmonic", "sscha", "engine", "kappa", "targets", "dos",
-            "seed", "dataset_version")
+    keys = ("temperatures_K", "supercell", "relax", "harmonic", "sscha", "kappa", "targets", "dos", "seed", "dataset_version")
     settings = {k: container[k] for k in keys}
+    settings["potential"] = str(container["potential"]["name"])  # the device does not change the numbers
     settings["dataset_version"] = str(settings["dataset_version"])
     settings["temperatures_K"] = [float(t) for t in settings["temperatures_K"]]
     settings["record_version"] = RECORD_VERSION
@@ -30,49 +32,57 @@ def settings_from_config(cfg) -> dict:
     return settings
 
 
-def engine_settings(settings: dict):
-    """The SSCHA engine of the run (``engine`` in conf/generate.yaml) as :class:`generate.sscha.EngineSettings`."""
-    from generate.sscha import EngineSettings, SurrogateSettings
+def sscha_engine(settings: dict):
+    """The SSCHA engine of the run (the ``sscha`` group's ``_target_``)."""
+    from generate.config import sscha_engine as engine_of
 
-    values = dict(settings["engine"])
-    surrogate = {k: tuple(v) if isinstance(v, list) else v for k, v in (values.pop("surrogate", None) or {}).items()}
-    return EngineSettings(**values, surrogate=SurrogateSettings(**surrogate))
+    return engine_of(settings["sscha"])
 
 
 def sscha_settings(settings: dict, temperature_K: float):
-    """The SSCHA's settings at one temperature: the ``sscha`` block plus the harmonic ones it shares."""
-    from generate.sscha import SSCHASettings
+    """The SSCHA's settings at one temperature: the ``sscha`` group plus the harmonic keys it shares."""
+    from generate.config import sscha_settings as settings_at
 
-    h = settings["harmonic"]
-    return SSCHASettings(**{**settings["sscha"], "temperature_K": float(temperature_K), "seed": int(settings["seed"]),
-                            "symprec": h["symprec"], "q_mesh": tuple(h["q_mesh"]), "displacement_A": h["displacement_A"],
-                            "imaginary_tolerance_THz": h["imaginary_tolerance_THz"]})
+    return settings_at(settings["sscha"], settings["harmonic"], temperature_K, settings["seed"])
+
+
+def harmonic_settings(settings: dict, supercell_matrix=None, temperatures_K=()):
+    from generate.config import settings_of
+    from generate.harmonic import HarmonicSettings
+
+    extra = {"temperatures_K": tuple(temperatures_K)} if temperatures_K else {}
+    if supercell_matrix is not None:
+        extra["supercell_matrix"] = tuple(map(tuple, np.asarray(supercell_matrix).tolist()))
+    return settings_of(HarmonicSettings, settings["harmonic"], "harmonic", **extra)
 
 
 def check_settings(settings: dict) -> None:
     """Every numerical setting, checked before the first material; ``SettingsError`` names the field."""
     from generate import checks
-    from generate.harmonic import HarmonicSettings
-    from generate.relax import RelaxSettings
+    from generate.config import relax_settings
 
     quantum = bool(settings["sscha"].get("quantum", True))
     temperatures = checks.temperatures(settings["temperatures_K"], "temperatures_K", quantum=quantum)
     sc = settings["supercell"]
     checks.atom_budget(sc["min_atoms"], sc["max_atoms"])
+    checks.positive(sc["min_length_A"], "supercell.min_length_A", strict=False)
+    checks.positive(sc["harmonic_min_length_A"], "supercell.harmonic_min_length_A", strict=False)
+    checks.positive(sc["harmonic_max_atoms"], "supercell.harmonic_max_atoms", integer=True)
     if sc.get("matrix") is not None:
         checks.supercell_matrix(sc["matrix"], "supercell.matrix")
-    h = settings["harmonic"]
-    RelaxSettings(**{**settings["relax"], "symprec": h["symprec"]})
-    HarmonicSettings(displacement_A=h["displacement_A"], symprec=h["symprec"], q_mesh=tuple(h["q_mesh"]),
-                     imaginary_tolerance_THz=h["imaginary_tolerance_THz"], temperatures_K=temperatures)
+    relax_settings(settings["relax"], settings["harmonic"])
+    harmonic_settings(settings, temperatures_K=temperatures)
     for temperature in temperatures:
         sscha_settings(settings, temperature)
+    sscha_engine(settings)
     if settings["kappa"].get("enabled"):
         from generate.kappa import settings_from_dict
 
         values = {k: v for k, v in settings["kappa"].items() if k != "enabled"}
-        settings_from_dict({**values, "temperatures_K": list(temperatures)})
-    engine_settings(settings)
+        if values.get("fc3_supercell_matrix") is None:
+            values["fc3_supercell_matrix"] = [2, 2, 2]  # stands in for the SSCHA supercell in this check
+        settings_from_dict({**values, "temperatures_K": list(temperatures), "symprec": settings["harmonic"]["symprec"],
+                            "imaginary_tolerance_THz": settings["harmonic"]["imaginary_tolerance_THz"]})
     checks.positive(settings["dos"]["sigma_THz"], "dos.sigma_THz")
     checks.positive(settings["dos"]["n_points"], "dos.n_points", integer=True, minimum=2, strict=False)
     checks.positive(settings["targets"]["shift_min_frequency_THz"], "targets.shift_min_frequency_THz", strict=False)

@@ -160,7 +160,7 @@ def test_generator_runs_a_phonondb_material(tmp_path):
     from tests.test_pipeline import compose, records_of
 
     out = tmp_path / "run"
-    summary = run(compose("source.kind=phonondb", f"source.phonondb_dir={FIXTURES}", "source.ids=[mp-361]",
+    summary = run(compose("source=phonondb", f"source.phonondb_dir={FIXTURES}", "source.ids=[mp-361]",
                           "executor.kind=serial", f"out_dir={out}", "supercell.min_atoms=6", "supercell.max_atoms=48",
                           "temperatures_K=[300.0]"), progress=False)
     assert summary.n_done + summary.n_failed == 1

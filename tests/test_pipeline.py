@@ -21,9 +21,12 @@ from thermobench.potentials import load_named_potential
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "potential=EMT",
+    "potential=emt",
+    "sscha=direct",
+    "supercell.min_length_A=0",
     "supercell.min_atoms=4",
     "supercell.max_atoms=8",
+    "supercell.harmonic_max_atoms=27",
     "sscha.n_configurations=40",
     "sscha.max_steps=6",
     "harmonic.q_mesh=[4,4,4]",
@@ -33,11 +36,10 @@ TINY = [
 
 
 def compose(*overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from generate.config import compose as compose_config
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="generate", overrides=[*TINY, *overrides])
+    groups = {o.split("=")[0] for o in overrides if "." not in o.split("=")[0]}
+    return compose_config("generate", [*(t for t in TINY if t.split("=")[0] not in groups), *overrides])
 
 
 def records_of(out_dir: Path) -> dict:
@@ -103,7 +105,7 @@ def test_broken_file_and_unsupported_element_give_failure_records(tmp_path):
     (structures / "broken.cif").write_text("data_broken\n_cell_length_a not-a-number\nthis is no CIF\n")
     out = tmp_path / "run"
     summary = run(
-        compose("source.kind=directory", f"source.directory={structures}", "executor.kind=serial", f"out_dir={out}"),
+        compose("source=directory", f"source.directory={structures}", "executor.kind=serial", f"out_dir={out}"),
         progress=False,
     )
     assert (summary.n_done, summary.n_failed) == (1, 2)
@@ -241,7 +243,7 @@ def test_kappa_step_fills_the_kappa_columns(tmp_path):
     out = tmp_path / "run"
     cfg = compose(
         "source.ids=[fcc-Cu]", "executor.kind=serial", f"out_dir={out}",
-        "kappa.enabled=true", "kappa.q_mesh=[4,4,4]",
+        "kappa=rta", "kappa.q_mesh=[4,4,4]",
     )
     assert run(cfg, progress=False).n_done == 1
     (record,) = records_of(out).values()
@@ -255,16 +257,16 @@ def test_surrogate_engine_and_its_fall_back_to_the_direct_engine(tmp_path):
     """EMT copper: the surrogate passes generous thresholds and labels the material; a threshold no fit
     can meet sends every temperature to the direct engine, and the row says why."""
     ids = "source.ids=[fcc-Cu]"
-    common = ["executor.kind=serial", "temperatures_K=[300.0]", "engine.name=surrogate",
-              "+engine.surrogate.n_training_structures=20", "+engine.surrogate.n_verification=40",
-              "+engine.surrogate.max_verification=80"]
+    common = ["executor.kind=serial", "temperatures_K=[300.0]", "sscha=surrogate",
+              "sscha.surrogate.n_training_structures=20", "sscha.surrogate.n_verification=40",
+              "sscha.surrogate.max_verification=80"]
     fast = tmp_path / "fast"
     assert run(compose(ids, *common, f"out_dir={fast}"), progress=False).n_done == 1
     (row,) = records_of(fast)["fcc-Cu"]["rows"]
     assert "(surrogate engine; verified relative force error" in row["sscha_status"]
 
     strict = tmp_path / "strict"
-    assert run(compose(ids, *common, "engine.max_relative_force_error=1e-9", f"out_dir={strict}"), progress=False).n_done == 1
+    assert run(compose(ids, *common, "sscha.max_relative_force_error=1e-9", f"out_dir={strict}"), progress=False).n_done == 1
     (fallback,) = records_of(strict)["fcc-Cu"]["rows"]
     assert "(direct engine after surrogate fall-back: verified relative force error" in fallback["sscha_status"]
     assert fallback["n_potential_evaluations"] > row["n_potential_evaluations"]

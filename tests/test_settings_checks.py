@@ -92,7 +92,7 @@ def test_generator_refuses_a_cell_above_max_atoms_before_relaxing(tmp_path):
     structures.mkdir()
     write(structures / "big.cif", bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3))  # 108 atoms
     out = tmp_path / "run"
-    summary = run(compose("source.kind=directory", f"source.directory={structures}", "executor.kind=serial",
+    summary = run(compose("source=directory", f"source.directory={structures}", "executor.kind=serial",
                           f"out_dir={out}", "supercell.max_atoms=50"), progress=False)
     assert summary.n_failed == 1
     (record,) = records_of(out).values()

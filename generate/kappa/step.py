@@ -37,7 +37,8 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
     in ``cfg["fc3_supercell_matrix"]`` (default: the same supercell). κ is the isotropic average.
     """
     values = {k: v for k, v in dict(cfg).items() if k != "enabled"}
-    values.setdefault("fc3_supercell_matrix", np.asarray(supercell_matrix).tolist())
+    if values.get("fc3_supercell_matrix") is None:
+        values["fc3_supercell_matrix"] = np.asarray(supercell_matrix).tolist()
     values["temperatures_K"] = [float(r.temperature_K) for r in results]
     settings = settings_from_dict(values)
     result = compute_kappa(

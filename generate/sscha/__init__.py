@@ -26,11 +26,11 @@ Modules: :mod:`~generate.sscha.result` (settings and results), :mod:`~generate.s
 (supercell model, canonical modes, harmonic start), :mod:`~generate.sscha.direct` (the direct
 engine), :mod:`~generate.sscha.expansion` (the force-constant expansion) and
 :mod:`~generate.sscha.surrogate` (the surrogate engine), :mod:`~generate.sscha.engine`
-(engine choice and fall-back); ``python -m generate.sscha`` is :mod:`~generate.sscha.__main__`.
+(the engines behind one signature, and the fall-back); ``python -m generate.sscha`` is :mod:`~generate.sscha.__main__`.
 """
 
 from generate.sscha.direct import anharmonicity_score, run_sscha, starting_dynamical_matrices
-from generate.sscha.engine import EngineSettings, run_sscha_engine
+from generate.sscha.engine import DirectEngine, SurrogateEngine, engine_from_config
 from generate.sscha.expansion import (
     ForceConstantExpansion,
     Monomials,
@@ -62,15 +62,19 @@ from generate.sscha.surrogate import (
     quiet_hiphive,
     run_scha_on_expansion,
     run_sscha_surrogate,
+    run_sscha_surrogate_temperatures,
+    solve_on_surrogate,
     surrogate_basis,
+    train_surrogate,
     surrogate_fit_matrix,
 )
 
 __all__ = [
-    "EngineSettings", "ForceConstantExpansion", "HBAR_EV_T", "Monomials", "SSCHAResult", "SSCHASettings", "SSCHAStep",
+    "DirectEngine", "ForceConstantExpansion", "HBAR_EV_T", "Monomials", "SSCHAResult", "SSCHASettings", "SSCHAStep",
     "SurrogateReport", "SurrogateSettings", "THZ_PER_OMEGA", "UnstableMode", "anharmonicity_score",
     "canonical_eigenvectors", "folded_monomials", "frequencies_THz", "harmonic_force_constants", "harmonic_monomials",
-    "merge_monomials", "mode_variance", "quiet_hiphive", "run_scha_on_expansion", "run_sscha", "run_sscha_engine",
+    "merge_monomials", "mode_variance", "quiet_hiphive", "run_scha_on_expansion", "run_sscha", "SurrogateEngine", "engine_from_config", "run_sscha_surrogate_temperatures",
+    "solve_on_surrogate", "train_surrogate",
     "run_sscha_surrogate", "stabilize", "starting_dynamical_matrices", "supercell_model", "surrogate_basis",
     "surrogate_fit_matrix", "to_blocks", "to_matrix",
 ]

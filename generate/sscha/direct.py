@@ -125,14 +125,12 @@ def ensemble_statistics(model, ensemble: Ensemble, dynamical, centroids_A, setti
     residual = g + v @ dynamical
     scaled = (v @ modes.vectors) / modes.variance  # C^-1 v in mode coordinates
 
-    def gradient_of(w: np.ndarray) -> np.ndarray:
-        raw = ((residual * w[:, None]).T @ scaled) @ modes.vectors.T / w.sum()
-        return symmetrize_mass_weighted(model, raw)
-
     batch = pair_batches(n, settings.n_error_batches)
     n_batches = batch.max() + 1
-    batch_weights = np.array([weights[batch == b].sum() for b in range(n_batches)])
-    batch_gradients = np.array([gradient_of(np.where(batch == b, weights, 0.0)) for b in range(n_batches)])
+    in_batch = (batch[None, :] == np.arange(n_batches)[:, None]) * weights  # (B, n)
+    batch_weights = in_batch.sum(axis=1)
+    raw = np.einsum("bn,ni,nm->bim", in_batch, residual, scaled, optimize=True) @ modes.vectors.T
+    batch_gradients = symmetrize_mass_weighted(model, raw / batch_weights[:, None, None])  # linear: one call for all
     gradient = np.einsum("b,bij->ij", batch_weights, batch_gradients)  # = gradient_of(weights), linear
 
     anharmonic = ensemble.energies_eV - 0.5 * np.einsum("ni,ij,nj->n", v, dynamical, v)

@@ -1,56 +1,125 @@
-"""Which engine labels a material, and the fall-back from the surrogate to the direct engine."""
+"""The SSCHA engines behind one signature, and the surrogate's fall-back to the direct engine.
+
+``engine.run(atoms, potential, supercell_matrix, settings, harmonic)`` takes one
+:class:`SSCHASettings` per temperature and returns one :class:`SSCHAResult` each, in that order.
+Hydra picks the class by the ``_target_`` of ``conf/sscha/{direct,surrogate}.yaml``
+(:func:`engine_from_config`).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from ase import Atoms
 
 from generate.sscha.direct import run_sscha
 from generate.sscha.result import SSCHAResult, SSCHASettings
-from generate.sscha.surrogate import SurrogateSettings, run_sscha_surrogate
+from generate.sscha.surrogate import SurrogateSettings, run_sscha_surrogate_temperatures
 
 log = logging.getLogger("thermobench.sscha")
 
 
 @dataclass(frozen=True)
-class EngineSettings:
-    """Which SSCHA engine labels a material, and when the surrogate must hand over to the direct one."""
+class DirectEngine:
+    """Every ensemble through the potential (:func:`run_sscha`), each temperature from the harmonic start."""
 
-    name: str = "direct"  # direct: every ensemble through the potential | surrogate: hiphive model, verified
-    max_relative_force_error: float = 0.3  # surrogate's verified force error (rmse / rms) above this: direct
-    max_frequency_correction_THz: float = 0.2  # a verified frequency correction above this: direct
-    surrogate: SurrogateSettings = field(default_factory=lambda: SurrogateSettings())
+    name = "direct"
+
+    def run(self, atoms: Atoms, potential, supercell_matrix, settings: list[SSCHASettings],
+            harmonic: tuple[np.ndarray, int] | None = None) -> list[SSCHAResult]:
+        out = []
+        for one in settings:
+            result = run_sscha(atoms, potential, supercell_matrix, one, harmonic=harmonic)
+            out.append(replace(result, status=f"{result.status} (direct engine)"))
+        return out
+
+
+@dataclass(frozen=True)
+class SurrogateEngine:
+    """One hiphive surrogate per material for all temperatures (:func:`run_sscha_surrogate_temperatures`),
+    verified against the potential at each; a temperature whose verification fails a threshold is
+    recomputed by the direct engine, and its status says why."""
+
+    name = "surrogate"
+    max_relative_force_error: float = 0.3  # verified force error (rmse / rms) above this: direct engine
+    max_frequency_correction_THz: float = 0.2  # a verified frequency correction above this: direct engine
+    surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
 
     def __post_init__(self):
         from generate import checks
 
-        checks.choice(self.name, "engine.name", ("direct", "surrogate"))
-        checks.positive(self.max_relative_force_error, "engine.max_relative_force_error")
-        checks.positive(self.max_frequency_correction_THz, "engine.max_frequency_correction_THz")
+        checks.positive(self.max_relative_force_error, "sscha.max_relative_force_error")
+        checks.positive(self.max_frequency_correction_THz, "sscha.max_frequency_correction_THz")
+
+    def rejection(self, result: SSCHAResult) -> list[str]:
+        """Why the verification rejects the surrogate's result (empty: accepted)."""
+        report, reasons = result.surrogate, []
+        if report.verification_relative_force_error > self.max_relative_force_error:
+            reasons.append(f"verified relative force error {report.verification_relative_force_error:.3f} > {self.max_relative_force_error}")
+        if report.max_frequency_difference_THz > self.max_frequency_correction_THz:
+            reasons.append(f"verified frequency correction {report.max_frequency_difference_THz:.3f} THz > "
+                           f"{self.max_frequency_correction_THz} THz")
+        return reasons
+
+    def run(self, atoms: Atoms, potential, supercell_matrix, settings: list[SSCHASettings],
+            harmonic: tuple[np.ndarray, int] | None = None) -> list[SSCHAResult]:
+        out = []
+        for one, result in zip(settings, run_sscha_surrogate_temperatures(
+                atoms, potential, supercell_matrix, settings, self.surrogate, harmonic), strict=True):
+            reasons = self.rejection(result)
+            report = result.surrogate
+            if not reasons:
+                out.append(replace(result, status=(
+                    f"{result.status} (surrogate engine; verified relative force error "
+                    f"{report.verification_relative_force_error:.3f}, correction {report.max_frequency_difference_THz:.3f} THz)")))
+                continue
+            log.info("surrogate rejected at %g K (%s): direct engine", one.temperature_K, "; ".join(reasons))
+            direct = run_sscha(atoms, potential, supercell_matrix, one, harmonic=harmonic)
+            out.append(replace(
+                direct, status=f"{direct.status} (direct engine after surrogate fall-back: {'; '.join(reasons)})",
+                n_potential_evaluations=direct.n_potential_evaluations + result.n_potential_evaluations,
+                wall_time_s=direct.wall_time_s + result.wall_time_s))
+        return out
 
 
-def run_sscha_engine(atoms: Atoms, potential, supercell_matrix, settings: SSCHASettings, engine: EngineSettings,
-                     harmonic: tuple[np.ndarray, int] | None = None) -> SSCHAResult:
-    """The SSCHA with the configured engine; the surrogate falls back to the direct engine when its
-    verification against the potential fails a threshold. ``status`` says which engine made the
-    result and why; ``n_potential_evaluations`` counts both runs after a fall-back."""
-    if engine.name == "direct":
-        result = run_sscha(atoms, potential, supercell_matrix, settings, harmonic=harmonic)
-        return replace(result, status=f"{result.status} (direct engine)")
-    result = run_sscha_surrogate(atoms, potential, supercell_matrix, settings, engine.surrogate)
-    report = result.surrogate
-    reasons = []
-    if report.verification_relative_force_error > engine.max_relative_force_error:
-        reasons.append(f"verified relative force error {report.verification_relative_force_error:.3f} > {engine.max_relative_force_error}")
-    if report.max_frequency_difference_THz > engine.max_frequency_correction_THz:
-        reasons.append(f"verified frequency correction {report.max_frequency_difference_THz:.3f} THz > {engine.max_frequency_correction_THz} THz")
-    if not reasons:
-        return replace(result, status=(f"{result.status} (surrogate engine; verified relative force error "
-                                       f"{report.verification_relative_force_error:.3f}, correction {report.max_frequency_difference_THz:.3f} THz)"))
-    log.info("surrogate rejected (%s): direct engine", "; ".join(reasons))
-    direct = run_sscha(atoms, potential, supercell_matrix, settings, harmonic=harmonic)
-    return replace(direct, status=f"{direct.status} (direct engine after surrogate fall-back: {'; '.join(reasons)})",
-                   n_potential_evaluations=direct.n_potential_evaluations + result.n_potential_evaluations)
+ENGINES = {"direct": DirectEngine, "surrogate": SurrogateEngine}
+
+
+def engine_from_config(values: Mapping) -> DirectEngine | SurrogateEngine:
+    """The engine of an ``sscha`` config node: its ``_target_`` class, with the node's engine fields
+    (``surrogate`` as :class:`SurrogateSettings`); the node's other keys are :class:`SSCHASettings`."""
+    from hydra.utils import get_class
+
+    from generate.checks import SettingsError
+
+    values = dict(values)
+    target = values.get("_target_", f"{__name__}.DirectEngine")
+    try:
+        cls = get_class(target)
+    except Exception as error:  # noqa: BLE001 - Hydra raises several types for a bad path
+        raise SettingsError(f"sscha._target_ = {target!r} is not an engine class: {error}") from error
+    if cls not in ENGINES.values():
+        raise SettingsError(f"sscha._target_ = {target!r}; known engines: "
+                            + ", ".join(f"{c.__module__}.{c.__qualname__}" for c in ENGINES.values()))
+    kwargs = {f.name: values[f.name] for f in fields(cls) if f.name in values}
+    if "surrogate" in kwargs:
+        kwargs["surrogate"] = surrogate_settings(kwargs["surrogate"])
+    return cls(**kwargs)
+
+
+def surrogate_settings(values: Mapping | None) -> SurrogateSettings:
+    from generate.checks import SettingsError
+
+    values = dict(values or {})
+    unknown = sorted(set(values) - {f.name for f in fields(SurrogateSettings)})
+    if unknown:
+        raise SettingsError(f"unknown sscha.surrogate setting(s) {unknown}")
+    return SurrogateSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def engine_keys(cls) -> set[str]:
+    """Keys of an ``sscha`` node that configure the engine rather than :class:`SSCHASettings`."""
+    return {"_target_"} | {f.name for f in fields(cls)}

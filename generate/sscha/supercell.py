@@ -11,6 +11,7 @@ from ase.calculators.calculator import Calculator
 
 from generate.harmonic import explicit_primitive_matrix, to_phonopy_atoms
 from generate.sscha.result import SSCHASettings, UnstableMode
+from generate.sscha.symmetry import SpaceGroupAverage
 
 HBAR_EV_T = units._hbar * units.J * units.second  # ħ in eV × ASE time units
 THZ_PER_OMEGA = units.second / (2 * np.pi * 1e12)  # angular frequency in ASE units -> THz
@@ -34,6 +35,7 @@ class SupercellModel:
     atoms: Atoms  # reference supercell, phonopy's atom order, with masses
     sqrt_masses: np.ndarray  # (3N,) sqrt(m) per Cartesian component
     symmetry: object = field(repr=False)  # phonopy Symmetry of the supercell
+    average: SpaceGroupAverage | None = field(repr=False)  # the fast space-group average, when G factors
     basis: np.ndarray  # (3N, 3N or 3N-3) orthonormal basis of the sampled (non-acoustic) subspace
     acoustic_sum_rule: bool
 
@@ -63,32 +65,34 @@ def supercell_model(atoms: Atoms, supercell_matrix, settings: SSCHASettings) -> 
         basis = u[:, 3:]
     else:
         basis = np.eye(3 * len(supercell))
+    symmetry = Symmetry(cell, symprec=settings.symprec)
     return SupercellModel(
         phonon=phonon,
         atoms=supercell,
         sqrt_masses=sqrt_masses,
-        symmetry=Symmetry(cell, symprec=settings.symprec),
+        symmetry=symmetry,
+        average=SpaceGroupAverage.of(symmetry, supercell.cell.array),
         basis=basis,
         acoustic_sum_rule=settings.acoustic_sum_rule,
     )
 
 
 def to_matrix(fc: np.ndarray) -> np.ndarray:
-    """(N, N, 3, 3) -> (3N, 3N)."""
-    n = fc.shape[0]
-    return fc.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+    """(..., N, N, 3, 3) -> (..., 3N, 3N)."""
+    n = fc.shape[-4]
+    return np.swapaxes(fc, -3, -2).reshape(*fc.shape[:-4], 3 * n, 3 * n)
 
 
 def to_blocks(matrix: np.ndarray) -> np.ndarray:
-    """(3N, 3N) -> (N, N, 3, 3)."""
-    n = matrix.shape[0] // 3
-    return np.ascontiguousarray(matrix.reshape(n, 3, n, 3).transpose(0, 2, 1, 3))
+    """(..., 3N, 3N) -> (..., N, N, 3, 3)."""
+    n = matrix.shape[-1] // 3
+    return np.ascontiguousarray(np.swapaxes(matrix.reshape(*matrix.shape[:-2], n, 3, n, 3), -3, -2))
 
 
 def symmetrize_matrix(model: SupercellModel, matrix: np.ndarray, sum_rule: bool | None = None) -> np.ndarray:
-    """Space-group, index-permutation and (optionally) acoustic-sum-rule symmetrization of a (3N, 3N) FC.
+    """Space-group, index-permutation and (optionally) acoustic-sum-rule symmetrization of (..., 3N, 3N) FCs.
 
-    phonopy's space-group average preserves the sum rule and the permutation symmetry; its
+    The space-group average preserves the sum rule and the permutation symmetry; phonopy's
     translational/permutation step can break the space group at round-off level, hence the order.
     """
     from phonopy.harmonic.force_constants import (
@@ -97,12 +101,18 @@ def symmetrize_matrix(model: SupercellModel, matrix: np.ndarray, sum_rule: bool 
     )
 
     sum_rule = model.acoustic_sum_rule if sum_rule is None else sum_rule
-    fc = to_blocks(0.5 * (matrix + matrix.T))
+    matrix = np.asarray(matrix)
+    if matrix.ndim > 2 and (sum_rule or model.average is None):
+        return np.array([symmetrize_matrix(model, m, sum_rule) for m in matrix])
+    fc = to_blocks(0.5 * (matrix + np.swapaxes(matrix, -1, -2)))
     if sum_rule:
         symmetrize_force_constants(fc, level=3)
-    symmetrize_force_constants_by_space_group(fc, model.atoms.cell.array, model.symmetry)
+    if model.average is not None:
+        fc = model.average.blocks(fc)
+    else:
+        symmetrize_force_constants_by_space_group(fc, model.atoms.cell.array, model.symmetry)
     out = to_matrix(fc)
-    return 0.5 * (out + out.T)
+    return 0.5 * (out + np.swapaxes(out, -1, -2))
 
 
 def symmetrize_vector(model: SupercellModel, vectors: np.ndarray) -> np.ndarray:

@@ -1,13 +1,16 @@
 """Generator throughput and precision on a fixed panel: thermobench-mini's settings vs the new defaults, one run.
 
     THERMOBENCH_MODELS=../shared/models .venv/bin/python -m benchmarks.pipeline_panel \\
-        [--settings mini new] [--materials ...] [--work outputs/pipeline_panel] [--out benchmarks/results/pipeline]
+        [--settings mini mini-surrogate new] [--materials ...] [--work outputs/pipeline_panel] \\
+        [--baseline RUN_FOLDER ...] [--out benchmarks/results/pipeline_panel]
 
 Each settings set runs the whole panel serially with one torch thread through ``generate.pipeline.run``
-(resumable: records are kept under ``--work``), then the report gives per set the materials per
-core-hour (compute time per material, summed over temperatures), the potential evaluations, the
-precision reached (max stochastic frequency error σν) and, per material, how σᴬ and the mean shift
-move from the old to the new supercells (supercell convergence).
+(resumable: records are kept under ``--work``). The report gives per set the materials per core-hour
+(compute time of every attempted material, failures included), the potential evaluations, the
+precision reached (max stochastic frequency error σν, per material and over the panel), and per
+material how σᴬ and the mean shift move from the old to the new supercells (supercell convergence).
+``--baseline`` adds run folders made by other code (e.g. the commit that made thermobench-mini) to the
+report under their folder names.
 """
 
 from __future__ import annotations
@@ -25,37 +28,69 @@ PANEL = (  # at least one crystal per family the dataset balances
     "rutile-SnO2", "perovskite-cubic-SrTiO3", "double-perovskite-elpasolite-Cs2AgBiBr6", "cesium-chloride-CsCl",
     "fcc-Al", "bcc-Na", "half-heusler-TiNiSn",
 )
+MINI = [  # what thermobench-mini 0.1 was generated with (its card lists the command), in today's keys
+    "sscha=direct", "supercell.min_length_A=0", "supercell.min_atoms=16", "supercell.max_atoms=64",
+    "supercell.harmonic_max_atoms=1", "sscha.n_configurations=100", "sscha.max_configurations=200",
+    "sscha.max_steps=20", "sscha.frequency_error_target_THz=null", "relax.max_steps=200",
+]
 SETTINGS = {
-    # what thermobench-mini 0.1 was generated with (its card lists the command)
-    "mini": ["supercell.min_atoms=16", "supercell.max_atoms=64", "sscha.n_configurations=100",
-             "sscha.max_configurations=200", "sscha.max_steps=20", "relax.max_steps=200"],
-    # larger supercells, the verified surrogate with its fall-back, ensembles grown to an error target
-    "new": ["supercell.min_atoms=64", "supercell.max_atoms=160", "engine.name=surrogate",
-            "sscha.frequency_error_target_THz=0.05", "sscha.max_configurations=3200", "sscha.max_steps=60"],
+    "mini": MINI,
+    # mini's supercells, the surrogate engine and its error target: what the engine alone changes
+    "mini-surrogate": ["sscha=surrogate", *[o for o in MINI if o.startswith(("supercell.", "relax."))]],
+    # the defaults of conf/generate.yaml: ~9 Å SSCHA supercells (160-atom budget), 15 Å harmonic
+    # supercell with the correction embedded, the verified surrogate, 0.05 THz error target, 60 steps
+    "new": [],
 }
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="generate", overrides=overrides)
+def min_plane_spacing_A(row: dict) -> float:
+    cell = np.asarray(row["supercell_matrix"]) @ np.asarray(row["lattice_vectors"])
+    volume = abs(np.linalg.det(cell))
+    return float(min(volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)))
 
 
 def summarize(records: dict) -> dict:
     ok = {m: r for m, r in records.items() if r["status"] == "ok"}
-    compute_s = [r["wall_time_s"] for r in ok.values()]
+    compute_s = sum(r.get("wall_time_s", 0.0) for r in records.values())
     return {
-        "n_ok": len(ok), "n_failed": len(records) - len(ok),
-        "materials_per_core_hour": 3600 * len(ok) / max(sum(compute_s), 1e-9),
-        "potential_evaluations_per_material": float(np.mean([sum(x["n_potential_evaluations"] for x in r["rows"]) for r in ok.values()])) if ok else None,
+        "n_ok": len(ok), "n_failed": len(records) - len(ok), "compute_s": compute_s,
+        "materials_per_core_hour": 3600 * len(ok) / max(compute_s, 1e-9),
+        "potential_evaluations_per_material": float(np.mean([sum(x["n_potential_evaluations"] + x.get("n_harmonic_evaluations", 0)
+                                                                  for x in r["rows"]) for r in ok.values()])) if ok else None,
         "max_frequency_error_THz": float(np.max([x["frequency_error_THz"] for r in ok.values() for x in r["rows"]])) if ok else None,
-        "per_material": {m: {"supercell_atoms": r["rows"][0]["n_supercell_atoms"], "compute_s": r["wall_time_s"],
+        "median_frequency_error_THz": float(np.median([x["frequency_error_THz"] for r in ok.values() for x in r["rows"]])) if ok else None,
+        "per_material": {m: {"supercell_atoms": r["rows"][0]["n_supercell_atoms"],
+                             "min_plane_spacing_A": min_plane_spacing_A(r["rows"][0]), "compute_s": r["wall_time_s"],
+                             "potential_evaluations": sum(x["n_potential_evaluations"] for x in r["rows"]),
+                             "max_frequency_error_THz": max(x["frequency_error_THz"] for x in r["rows"]),
                              "sigma_A": [x["sigma_A"] for x in r["rows"]],
                              "mean_shift": [x["mean_relative_frequency_shift"] for x in r["rows"]],
                              "status": [x["sscha_status"] for x in r["rows"]]} for m, r in ok.items()},
-        "failed": {m: r.get("reason") for m, r in records.items() if r["status"] != "ok"},
+        "failed": {m: f"{r.get('stage')}: {r.get('reason', '')[:300]}" for m, r in records.items() if r["status"] != "ok"},
+    }
+
+
+def compare(old: dict, new: dict) -> dict:
+    """Per material in both: precision and the supercell convergence of σᴬ and the mean shift."""
+    out = {}
+    for m in sorted(set(old["per_material"]) & set(new["per_material"])):
+        a, b = old["per_material"][m], new["per_material"][m]
+        out[m] = {
+            "supercell_atoms": [a["supercell_atoms"], b["supercell_atoms"]],
+            "min_plane_spacing_A": [round(a["min_plane_spacing_A"], 2), round(b["min_plane_spacing_A"], 2)],
+            "max_frequency_error_THz": [a["max_frequency_error_THz"], b["max_frequency_error_THz"]],
+            "compute_s": [a["compute_s"], b["compute_s"]],
+            "sigma_A_change": [y - x for x, y in zip(a["sigma_A"], b["sigma_A"], strict=True)],
+            "mean_shift_change": [None if x is None or y is None else y - x
+                                  for x, y in zip(a["mean_shift"], b["mean_shift"], strict=True)],
+        }
+    both = list(out.values())
+    return {
+        "materials": out,
+        "equal_or_better_precision": sum(x["max_frequency_error_THz"][1] <= x["max_frequency_error_THz"][0] for x in both),
+        "n_compared": len(both),
+        "median_abs_sigma_A_change": float(np.median([abs(v) for x in both for v in x["sigma_A_change"]])) if both else None,
+        "median_abs_mean_shift_change": float(np.median([abs(v) for x in both for v in x["mean_shift_change"] if v is not None])) if both else None,
     }
 
 
@@ -63,30 +98,41 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from generate.assemble import find_run_folder, read_records
+    from generate.config import compose
     from generate.pipeline import run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--materials", nargs="+", default=list(PANEL))
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "pipeline_panel")
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "pipeline_panel" / "report")
+    parser.add_argument("--baseline", nargs="*", type=Path, default=[], help="run folders made by other code")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pipeline_panel")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     report = {"command": "python -m benchmarks.pipeline_panel " + " ".join(sys.argv[1:] if argv is None else argv),
               "panel": args.materials, "settings": {k: SETTINGS[k] for k in args.settings}, "results": {}}
+    for folder in args.baseline:
+        _, ok, failed = read_records(folder)
+        records = {r["material_id"]: r for r in ok + failed if r["material_id"] in args.materials}
+        report["results"][f"baseline:{folder.name}"] = summarize(records)
     for name in args.settings:
         out = args.work / name
-        cfg = compose([*SETTINGS[name], f"source.ids=[{','.join(args.materials)}]", "executor.kind=serial", f"out_dir={out}"])
+        cfg = compose("generate", [*SETTINGS[name], f"source.ids=[{','.join(args.materials)}]", "executor=serial", f"out_dir={out}"])
         run(cfg)
         _, ok, failed = read_records(find_run_folder(out))
         report["results"][name] = summarize({r["material_id"]: r for r in ok + failed})
-    if {"mini", "new"} <= set(report["results"]):
-        old, new = report["results"]["mini"], report["results"]["new"]
-        report["throughput_ratio_new_over_mini"] = new["materials_per_core_hour"] / old["materials_per_core_hour"]
+    results = report["results"]
+    if {"mini", "new"} <= set(results):
+        report["throughput_ratio_new_over_mini"] = results["new"]["materials_per_core_hour"] / results["mini"]["materials_per_core_hour"]
+        report["new_vs_mini"] = compare(results["mini"], results["new"])
+    if {"mini", "mini-surrogate"} <= set(results):
+        report["throughput_ratio_mini_surrogate_over_mini"] = (results["mini-surrogate"]["materials_per_core_hour"]
+                                                              / results["mini"]["materials_per_core_hour"])
+        report["mini_surrogate_vs_mini"] = compare(results["mini"], results["mini-surrogate"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=float))
-    print(json.dumps({k: v for k, v in report.items() if k != "results"} | {
-        n: {k: v for k, v in r.items() if k not in ("per_material", "failed")} for n, r in report["results"].items()}, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("results", "new_vs_mini", "mini_surrogate_vs_mini")} | {
+        n: {k: v for k, v in r.items() if k not in ("per_material", "failed")} for n, r in results.items()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def scha_frequency_THz(k, lam, temperature_K, quantum):
 
 
 # On-site potentials break translation invariance: no acoustic sum rule, all 3N modes sampled.
-ONSITE = dict(acoustic_sum_rule=False, n_configurations=400, q_mesh=(2, 2, 2))
+ONSITE = dict(acoustic_sum_rule=False, n_configurations=400, q_mesh=(2, 2, 2), frequency_error_target_THz=None)
 
 
 @pytest.mark.parametrize("quantum", [True, False])
@@ -100,7 +100,7 @@ def test_quartic_einstein_crystal_matches_analytic_scha(quantum, temperature_K):
     k, lam = 2.0, 20.0
     atoms = einstein_crystal()
     calculator = OnSiteQuartic(onsite_model_reference(atoms), k, lam)
-    settings = SSCHASettings(temperature_K=temperature_K, quantum=quantum, frequency_error_target_THz=0.05, **ONSITE)
+    settings = SSCHASettings(temperature_K=temperature_K, quantum=quantum, **dict(ONSITE, frequency_error_target_THz=0.05))
     result = run_sscha(atoms, calculator, SUPERCELL, settings)
     expected = scha_frequency_THz(k, lam, temperature_K, quantum)
     d = settings.displacement_A  # phonopy's central difference sees k + λd²
@@ -113,7 +113,7 @@ def test_quartic_einstein_crystal_matches_analytic_scha(quantum, temperature_K):
 
 def test_harmonic_crystal_returns_its_own_force_constants_at_any_temperature():
     atoms = bulk("Cu", "fcc", a=3.6)
-    settings = SSCHASettings(n_configurations=200, q_mesh=(2, 2, 2))
+    settings = SSCHASettings(n_configurations=200, q_mesh=(2, 2, 2), frequency_error_target_THz=None)
     model = supercell_model(atoms, SUPERCELL, settings)
     reference, _ = harmonic_force_constants(model, EMT(), settings)
     calculator = Harmonic(model.atoms.positions, reference)

@@ -21,7 +21,7 @@ class SSCHASettings:
     ess_threshold: float = 0.5  # draw a new ensemble below this Kong-Liu effective sample fraction
     gradient_error_fraction: float = 0.5  # stop when the gradient is below this fraction of its error
     relative_gradient_tolerance: float = 1e-10  # or when it vanishes against Φ (exactly harmonic V)
-    frequency_error_target_THz: float | None = None  # also require this stochastic error, growing ensembles
+    frequency_error_target_THz: float | None = 0.05  # also require this stochastic error, growing ensembles
     relax_centroids: bool = True
     acoustic_sum_rule: bool = True  # off for on-site model potentials, see SupercellModel
     min_frequency_THz: float = 0.5  # stabilization floor for non-acoustic modes
@@ -98,13 +98,15 @@ class SurrogateReport:
     n_verification: int
     verification_force_rmse_eV_A: float
     verification_relative_force_error: float  # rmse / rms of the potential's forces
-    max_frequency_difference_THz: float  # SSCHA frequencies of the potential minus the surrogate's (max |.|)
+    max_frequency_difference_THz: float  # corrected SSCHA frequencies minus the surrogate's own (max |.|)
     frequency_difference_error_THz: float  # stochastic error of that difference (max over modes)
     free_energy_difference_eV_atom: float  # <V - V_surrogate> over the verification ensemble
     free_energy_difference_error_eV_atom: float
     surrogate_frequency_error_THz: float  # stochastic error of the SSCHA on the surrogate itself
     corrected: bool  # the differences were added to the reported frequencies and free energy
     n_surrogate_evaluations: int
+    n_corrections: int = 1  # verified correction steps taken
+    last_correction_THz: float = float("nan")  # largest frequency change of the last step (converged: small)
 
 
 @dataclass(frozen=True)

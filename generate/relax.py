@@ -104,33 +104,37 @@ def conventional_cubic_lattice_constant(atoms: Atoms) -> float:
     return float(np.linalg.norm(dataset.std_lattice[0]))
 
 
+def run_command(cfg) -> RelaxResult:
+    from generate.config import relax_settings
+    from thermobench.potentials import check_structure, load_named_potential
+    from thermobench.structures import load_structure
+
+    settings = relax_settings(cfg.relax, cfg.harmonic)  # checked before anything is read
+    atoms = load_structure(str(cfg.structure))
+    loaded = load_named_potential(str(cfg.potential.name), device=cfg.potential.device)
+    check_structure(atoms, loaded.element_types, str(cfg.structure))
+    result = relax(atoms, loaded.calculator, settings)
+    status = "converged" if result.converged else "NOT converged"
+    print(f"{atoms.get_chemical_formula()} relaxed with {loaded.name}: {status} in {result.steps} steps")
+    try:
+        print(f"lattice constant a = {conventional_cubic_lattice_constant(result.atoms):.4f} A")
+    except ValueError:
+        print("cell lengths (A) = " + " ".join(f"{x:.4f}" for x in result.atoms.cell.lengths()))
+    print(f"energy = {result.energy_eV:.6f} eV ({result.energy_eV_atom:.6f} eV/atom)")
+    print(
+        f"max force = {result.max_force_eV_A:.2e} eV/A, max stress = {result.max_stress_eV_A3:.2e} eV/A^3, "
+        f"space group {result.spacegroup_before} -> {result.spacegroup_after}"
+    )
+    return result
+
+
 def main() -> None:
     import hydra
-    from omegaconf import DictConfig
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="relax")
-    def run(cfg: DictConfig) -> None:
-        from thermobench.potentials import check_structure, load_calculator
-        from thermobench.structures import load_structure
+    from generate.config import register
 
-        settings = RelaxSettings(**cfg.relax)  # checked before anything is read
-        atoms = load_structure(cfg.structure)
-        calculator = load_calculator(cfg.potential, device=cfg.device)
-        check_structure(atoms, calculator.potential.model.element_types, str(cfg.structure))
-        result = relax(atoms, calculator, settings)
-        status = "converged" if result.converged else "NOT converged"
-        print(f"{atoms.get_chemical_formula()} relaxed with {cfg.potential}: {status} in {result.steps} steps")
-        try:
-            print(f"lattice constant a = {conventional_cubic_lattice_constant(result.atoms):.4f} A")
-        except ValueError:
-            print("cell lengths (A) = " + " ".join(f"{x:.4f}" for x in result.atoms.cell.lengths()))
-        print(f"energy = {result.energy_eV:.6f} eV ({result.energy_eV_atom:.6f} eV/atom)")
-        print(
-            f"max force = {result.max_force_eV_A:.2e} eV/A, max stress = {result.max_stress_eV_A3:.2e} eV/A^3, "
-            f"space group {result.spacegroup_before} -> {result.spacegroup_after}"
-        )
-
-    run()
+    register()
+    hydra.main(version_base="1.3", config_path="../conf", config_name="relax")(run_command)()
 
 
 if __name__ == "__main__":

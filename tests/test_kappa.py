@@ -209,8 +209,8 @@ def test_pipeline_columns_with_sscha_results():
 def test_cli_writes_json(tmp_path):
     out = tmp_path / "kappa.json"
     command = [
-        sys.executable, "-m", "generate.kappa", "--structure", "Cu", "--potential", "EMT", "--temperatures", "300",
-        "--no-sscha", "--fc3-cutoff", "3.0", "--q-mesh", "4", "4", "4", "--out", str(out),
+        sys.executable, "-m", "generate.kappa", "structure=Cu", "potential=emt", "temperatures_K=[300]",
+        "renormalize=false", "kappa.fc3_cutoff_A=3.0", "kappa.q_mesh=[4,4,4]", f"out={out}",
     ]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -222,8 +222,8 @@ def test_cli_writes_json(tmp_path):
 
 def test_cli_rejects_unknown_setting(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "generate.kappa", "--potential", "EMT", "--structure", "Cu", "--no-relax",
-         "--set", "kappa.q_mseh=[4,4,4]", "--out", str(tmp_path / "k.json")],
+        [sys.executable, "-m", "generate.kappa", "potential=emt", "structure=Cu", "relax_structure=false",
+         "kappa.q_mseh=[4,4,4]", f"out={tmp_path / 'k.json'}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode != 0 and "q_mseh" in done.stderr

@@ -10,32 +10,32 @@ from ase.io import write
 from generate.checks import SettingsError
 from tests.test_pipeline import REPO, compose
 
-EMT = ["--potential", "EMT"]
+def kappa_main(*overrides):
+    from generate.config import compose
+    from generate.kappa.__main__ import run_command
+
+    return run_command(compose("kappa", ["structure=Cu", "potential=emt", "relax_structure=false", "out=unused.json", *overrides]))
 
 
-def kappa_main(*args):
-    from generate.kappa.__main__ import main
+def sscha_main(*overrides, potential="emt"):
+    from generate.config import compose
+    from generate.sscha.__main__ import run_command
 
-    return main(["--structure", "Cu", *EMT, "--no-relax", "--out", "unused.json", *args])
-
-
-def sscha_main(*args, potential="EMT"):
-    from generate.sscha.__main__ import main
-
-    return main(["--structure", "Cu", "--potential", potential, "--no-relax", "--out", "unused.json", *args])
+    return run_command(compose("sscha", ["structure=Cu", f"potential={potential}", "relax_structure=false", "out=unused.json",
+                                         *overrides]))
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--temperatures", "-5"], r"kappa.temperatures_K\[0\] = -5.0: a temperature in kelvin cannot be negative"),
-        (["--temperatures", "0"], r"kappa.temperatures_K\[0\] = 0 K: no phonons .* κ is infinite"),
-        (["--q-mesh", "0", "0", "0"], r"kappa.q_mesh\[0\] must be > 0"),
-        (["--fc3-supercell", "0", "2", "2"], r"kappa.fc3_supercell_matrix\[0\] must be > 0"),
-        (["--set", "kappa.fc3_supercell_matrix=[[1,0,0],[0,1,0],[1,0,0]]"], "singular"),
-        (["--set", "sscha.supercell=[2,0,2]"], r"sscha.supercell\[1\] must be > 0"),
-        (["--set", "sscha.n_configurations=abc"], "sscha.n_configurations must be a number"),
-        (["--set", "kappa.method=magic"], "kappa.method must be one of"),
+        (["temperatures_K=[-5.0]"], r"kappa.temperatures_K\[0\] = -5.0: a temperature in kelvin cannot be negative"),
+        (["temperatures_K=[0]"], r"kappa.temperatures_K\[0\] = 0 K: no phonons .* κ is infinite"),
+        (["kappa.q_mesh=[0,0,0]"], r"kappa.q_mesh\[0\] must be > 0"),
+        (["kappa.fc3_supercell_matrix=[0,2,2]"], r"kappa.fc3_supercell_matrix\[0\] must be > 0"),
+        (["kappa.fc3_supercell_matrix=[[1,0,0],[0,1,0],[1,0,0]]"], "singular"),
+        (["sscha_supercell=[2,0,2]"], r"sscha_supercell\[1\] must be > 0"),
+        (["sscha.n_configurations=abc"], "sscha.n_configurations must be a number"),
+        (["kappa.method=magic"], "kappa.method must be one of"),
     ],
 )
 def test_kappa_refuses_bad_settings_before_any_work(args, message, tmp_path, monkeypatch):
@@ -48,12 +48,15 @@ def test_kappa_refuses_bad_settings_before_any_work(args, message, tmp_path, mon
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--temperature", "-5"], r"sscha.temperature_K = -5.0: a temperature in kelvin cannot be negative"),
-        (["--temperature", "0", "--classical"], "0 K with classical statistics: every atom is at rest"),
-        (["--supercell", "0", "2", "2"], r"supercell\[0\] must be > 0"),
-        (["--set", "sscha.q_mesh=[0,0,0]"], r"sscha.q_mesh\[0\] must be > 0"),
-        (["--set", "sscha.max_configurations=10"], "sscha.max_configurations = 10 is below sscha.n_configurations"),
-        (["--set", "sscha.mixing=1.5"], r"sscha.mixing must lie in \(0, 1\]"),
+        (["temperature_K=-5"], r"sscha.temperature_K = -5.0: a temperature in kelvin cannot be negative"),
+        (["temperature_K=0", "sscha.quantum=false"], "0 K with classical statistics: every atom is at rest"),
+        (["supercell=[0,2,2]"], r"supercell\[0\] must be > 0"),
+        (["harmonic.q_mesh=[0,0,0]"], r"q_mesh\[0\] must be > 0"),
+        (["sscha.max_configurations=10"], "sscha.max_configurations = 10 is below sscha.n_configurations"),
+        (["sscha.mixing=1.5"], r"sscha.mixing must lie in \(0, 1\]"),
+        (["sscha=surrogate", "sscha.max_relative_force_error=-1"], r"sscha.max_relative_force_error must be > 0"),
+        (["sscha=surrogate", "+sscha.surrogate.n_verificaton=4"], r"unknown sscha.surrogate setting\(s\) \['n_verificaton'\]"),
+        (["sscha._target_=os.system"], "is not an engine class|known engines"),
     ],
 )
 def test_sscha_refuses_bad_settings_before_any_work(args, message, tmp_path, monkeypatch):
@@ -109,12 +112,10 @@ def test_structure_checks_in_sscha_and_kappa(tmp_path, monkeypatch):
     from thermobench.potentials import UnsupportedStructureError
 
     monkeypatch.chdir(tmp_path)
-    from generate.kappa.__main__ import main as kappa
-
     with pytest.raises(UnsupportedStructureError, match="no periodic 3D cell"):
-        kappa(["--structure", water(tmp_path), *EMT, "--out", "k.json"])
+        kappa_main(f"structure={water(tmp_path)}", "relax_structure=true")
     with pytest.raises(UnsupportedStructureError, match="no periodic 3D cell"):
-        sscha_main("--set", f"structure={water(tmp_path)}", potential="M3GNet-MP-2021.2.8-PES")
+        sscha_main(f"structure={water(tmp_path)}", potential="m3gnet_mp")
 
 
 def test_relax_names_a_molecule_and_a_corrupt_cif(tmp_path, shared):
@@ -131,8 +132,7 @@ def test_sscha_command_shows_its_steps(tmp_path, monkeypatch, caplog):
 
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO, logger="thermobench.sscha"):
-        sscha_main("--supercell", "2", "2", "2", "--set", "sscha.n_configurations=10", "sscha.max_steps=2",
-                   "sscha.q_mesh=[2,2,2]")
+        sscha_main("supercell=[2,2,2]", "sscha.n_configurations=10", "sscha.max_steps=2", "harmonic.q_mesh=[2,2,2]")
     steps = [r.getMessage() for r in caplog.records if r.name == "thermobench.sscha"]
     assert steps and steps[0].startswith("SSCHA 300 K step 0: F = ")
     assert (tmp_path / "unused.json").is_file()

@@ -161,13 +161,15 @@ def test_same_seed_same_result_other_seed_other_result():
 
 def test_command_line_writes_the_record_and_agrees_with_the_harmonic_stage(shared, tmp_path):
     from generate.harmonic import HarmonicSettings, harmonic_phonons
-    from generate.sscha.__main__ import main
+    from generate.config import compose
+    from generate.sscha.__main__ import run_command
     from thermobench.potentials import load_calculator
     from thermobench.structures import load_structure
 
     out = tmp_path / "nacl.json"
-    argv = ["--structure", "NaCl", "--supercell", "1", "1", "1", "--temperature", "300", "--no-relax", "--seed", "3"]
-    main(argv + ["--out", str(out), "--set", "sscha.n_configurations=100", "sscha.q_mesh=[4,4,4]"])
+    run_command(compose("sscha", ["structure=NaCl", "supercell=[1,1,1]", "temperature_K=300", "relax_structure=false", "seed=3",
+                                  f"out={out}", "sscha.n_configurations=100", "sscha.frequency_error_target_THz=null",
+                                  "harmonic.q_mesh=[4,4,4]"]))
     record = json.loads(out.read_text())
     for key in ("temperature_K", "free_energy_eV_atom", "free_energy_error_eV_atom", "sigma_A", "wall_time_s", "history"):
         assert key in record

@@ -15,7 +15,6 @@ only in a nullable column, next to a reason where the schema has a reason column
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -349,17 +348,24 @@ Please also cite the SSCHA (Monacelli et al., J. Phys.: Condens. Matter 33, 3630
     return header + "\n" + body
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m generate.assemble", description=__doc__.split("\n")[0])
-    parser.add_argument("run_folder", help="run folder (<out_dir>/<fingerprint>) or an out_dir with one run")
-    parser.add_argument("out_folder", help="dataset folder to write (Parquet + README.md)")
-    parser.add_argument("--title", default=None, help="dataset name in the card (default: the out_folder's name)")
-    args = parser.parse_args(argv)
-    stats = assemble(Path(args.run_folder), Path(args.out_folder), args.title)
+def run_command(cfg) -> dict:
+    from generate.checks import SettingsError
+
+    for key in ("run_folder", "out_folder"):
+        if not cfg.get(key):
+            raise SettingsError(f"{key} is required: python -m generate.assemble run_folder=RUN out_folder=DATASET")
+    stats = assemble(Path(cfg.run_folder), Path(cfg.out_folder), cfg.title)
     print(
         f"[assemble] {stats['n_materials']} materials ({stats['n_rows']} rows), {stats['n_failed']} failed -> "
-        f"{args.out_folder}; splits {stats['splits']}"
+        f"{cfg.out_folder}; splits {stats['splits']}"
     )
+    return stats
+
+
+def main() -> None:
+    import hydra
+
+    hydra.main(version_base="1.3", config_path="../conf", config_name="assemble")(run_command)()
 
 
 if __name__ == "__main__":

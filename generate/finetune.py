@@ -1,6 +1,6 @@
 """Fine-tune a matgl potential on DFT phonon data (phonopy displacement datasets).
 
-    python -m generate.finetune [data_dir=DIR] [base_potential=NAME] [epochs=..] [exclude=[NaCl]]
+    python -m generate.finetune [data_dir=DIR] [potential=m3gnet_mp|potential.name=DIR] [epochs=..] [exclude=[NaCl]]
 
 Every displaced supercell of every dataset under ``data_dir`` is a training sample with its DFT
 forces; the perfect supercell enters with zero forces (the DFT equilibrium). The force loss has two

@@ -10,10 +10,9 @@ token (``huggingface-cli login`` or ``HF_TOKEN``); never run in tests.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from thermobench.dataset import CONFIGS, EMBEDDED
+from thermobench.dataset import CONFIGS
 
 
 def publish(folder: Path, repo_id: str, tag: str | None = None, private: bool = False) -> None:
@@ -39,14 +38,18 @@ def publish(folder: Path, repo_id: str, tag: str | None = None, private: bool = 
     print(f"[publish] {folder} -> https://huggingface.co/datasets/{repo_id}" + (f" (tag {tag})" if tag else ""))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m generate.publish", description=__doc__.split("\n")[0])
-    parser.add_argument("--repo-id", required=True, help="Hub dataset repo, OWNER/NAME")
-    parser.add_argument("--folder", default=str(EMBEDDED["thermobench-mini"]), help="assembled dataset folder")
-    parser.add_argument("--tag", help="release tag, e.g. v0.1.0")
-    parser.add_argument("--private", action="store_true")
-    args = parser.parse_args(argv)
-    publish(Path(args.folder), args.repo_id, args.tag, args.private)
+def run_command(cfg) -> None:
+    from generate.checks import SettingsError
+
+    if not cfg.get("repo_id"):
+        raise SettingsError("repo_id is required: python -m generate.publish repo_id=OWNER/NAME")
+    publish(Path(cfg.folder), str(cfg.repo_id), cfg.tag, bool(cfg.private))
+
+
+def main() -> None:
+    import hydra
+
+    hydra.main(version_base="1.3", config_path="../conf", config_name="publish")(run_command)()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ PNG per material. A broken dataset is reported by name and skipped; the others s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -285,21 +284,25 @@ def validate(potential: str, datasets: Path, out: Path, settings: HarmonicSettin
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--potential", default="M3GNet-MP-2021.2.8-PES", help="name or path accepted by load_potential")
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS, help="directory of phonopy DFT datasets")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default outputs/validate_phonons/<potential>)")
-    parser.add_argument("--q-mesh", type=int, nargs=3, default=list(HarmonicSettings.q_mesh))
-    parser.add_argument("--fmax", type=float, default=RelaxSettings.fmax_eV_A, help="relaxation force criterion (eV/A)")
-    args = parser.parse_args(argv)
-    # Never overwrite the committed reports under benchmarks/results/ unless --out says so.
-    out = args.out or Path("outputs/validate_phonons") / Path(args.potential).name
-    command = "python -m generate.validate_phonons " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = validate(
-        args.potential, args.datasets, out, HarmonicSettings(q_mesh=tuple(args.q_mesh)), RelaxSettings(fmax_eV_A=args.fmax), command
-    )
+def run_command(cfg) -> dict:
+    from generate.config import relax_settings, settings_of
+
+    # Never overwrite the committed reports under benchmarks/results/ unless out= says so.
+    out = Path(cfg.out) if cfg.out else Path("outputs/validate_phonons") / Path(str(cfg.potential.name)).name
+    command = "python -m generate.validate_phonons " + " ".join(sys.argv[1:])
+    settings = settings_of(HarmonicSettings, {k: v for k, v in cfg.harmonic.items()}, "harmonic")
+    report = validate(str(cfg.potential.name), Path(cfg.datasets or DEFAULT_DATASETS), out, settings, relax_settings(cfg.relax, cfg.harmonic), command)
     print(markdown_table(report))
+    return report
+
+
+def main() -> None:
+    import hydra
+
+    from generate.config import register
+
+    register()
+    hydra.main(version_base="1.3", config_path="../conf", config_name="validate_phonons")(run_command)()
 
 
 if __name__ == "__main__":

@@ -132,12 +132,14 @@ def test_unconverged_relaxation_is_reported_not_used(shared, m3gnet):
 
 
 def test_validate_phonons_writes_outside_the_committed_results_by_default(shared, tmp_path, monkeypatch):
-    from generate.validate_phonons import main
+    from generate.config import compose
+    from generate.validate_phonons import run_command
 
     datasets = tmp_path / "datasets"
     (datasets / "empty").mkdir(parents=True)
     (datasets / "empty" / "phonopy_disp.yaml").write_text("not: a phonopy file\n")
     monkeypatch.chdir(tmp_path)
-    main(["--potential", str(shared / "models" / "M3GNet-MP-2021.2.8-PES"), "--datasets", str(datasets)])
+    run_command(compose("validate_phonons", [f"potential.name={shared / 'models' / 'M3GNet-MP-2021.2.8-PES'}",
+                                             f"datasets={datasets}"]))
     report = tmp_path / "outputs" / "validate_phonons" / "M3GNet-MP-2021.2.8-PES" / "report.json"
     assert report.is_file() and "skipped" in report.read_text()

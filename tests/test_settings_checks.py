@@ -10,6 +10,7 @@ from ase.io import write
 from generate.checks import SettingsError
 from tests.test_pipeline import REPO, compose
 
+
 def kappa_main(*overrides):
     from generate.config import compose
     from generate.kappa.__main__ import run_command

@@ -160,8 +160,8 @@ def test_same_seed_same_result_other_seed_other_result():
 
 
 def test_command_line_writes_the_record_and_agrees_with_the_harmonic_stage(shared, tmp_path):
-    from generate.harmonic import HarmonicSettings, harmonic_phonons
     from generate.config import compose
+    from generate.harmonic import HarmonicSettings, harmonic_phonons
     from generate.sscha.__main__ import run_command
     from thermobench.potentials import load_calculator
     from thermobench.structures import load_structure
@@ -336,6 +336,28 @@ def test_surrogate_verification_report(quartic_bond_crystal):
     assert direct.n_potential_evaluations > surrogate.n_potential_evaluations
     record = json.loads(json.dumps(surrogate.to_json_dict()))
     assert record["backend"] == "surrogate" and record["surrogate"]["n_verification"] == report.n_verification
+
+
+def test_one_surrogate_fit_serves_every_temperature(quartic_bond_crystal):
+    """Trained once at the highest temperature: that result is the single-temperature run's (same
+    random streams), the lower temperature costs only its verification, and quartic bonds harden
+    less at 100 K than at 300 K."""
+    from generate.sscha import run_sscha_surrogate_temperatures
+
+    _, single, surrogate_settings = quartic_bond_crystal
+    atoms = bulk("Ar", "fcc", a=FCC["a"])
+    base = SSCHASettings(temperature_K=300.0, n_configurations=400, q_mesh=(2, 2, 2), frequency_error_target_THz=0.02)
+    model = supercell_model(atoms, SUPERCELL, base)
+    calculator = QuarticBonds(model.atoms, 1.0, 20.0, cutoff_A=1.1 * FCC["nearest_A"])
+    cold, hot = run_sscha_surrogate_temperatures(atoms, calculator, SUPERCELL, [replace(base, temperature_K=100.0), base],
+                                                 surrogate_settings)
+    assert (cold.temperature_K, hot.temperature_K) == (100.0, 300.0)
+    np.testing.assert_allclose(hot.supercell_frequencies_THz, single.supercell_frequencies_THz, atol=1e-10)
+    assert cold.surrogate.n_fits == hot.surrogate.n_fits == 1
+    assert cold.n_potential_evaluations == cold.surrogate.n_verification
+    assert hot.n_potential_evaluations == 1 + 1 + surrogate_settings.n_training_structures + hot.surrogate.n_verification
+    shift = lambda r: r.supercell_frequencies_THz[3:] / r.harmonic_supercell_frequencies_THz[3:]  # noqa: E731
+    assert (shift(cold) < shift(hot)).all() and (shift(cold) > 1).all()
 
 
 def onsite_expansion(model, k_eV_A2, lambda_eV_A4):

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -16,3 +17,41 @@ def test_ci_runs_the_readme_commands_verbatim():
     assert len(commands) == 2
     for command in commands:
         assert command in readme, command
+
+
+def _module_graph(root: Path) -> dict[str, set[str]]:
+    """Module-level imports between the package's own modules (lazy imports inside functions excluded)."""
+    import ast
+
+    modules = {}
+    for path in [*(root / "generate").rglob("*.py"), *(root / "thermobench").rglob("*.py")]:
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                hits = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+                edges |= hits or ({node.module} & modules.keys())
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names} & modules.keys()
+        graph[name] = {e for e in edges if not name.startswith(e + ".")}  # a package re-exporting is no circle
+    return graph
+
+
+def test_layout_small_modules_and_no_import_circle():
+    root = Path(__file__).resolve().parents[1]
+    long = {str(p.relative_to(root)): n for p in [*(root / "generate").rglob("*.py"), *(root / "thermobench").rglob("*.py")]
+            if (n := len(p.read_text().splitlines())) > 700}
+    assert not long, f"modules over 700 lines: {long}"
+    graph = _module_graph(root)
+
+    def reaches(start, target, seen):
+        for nxt in graph[start]:
+            if nxt == target or (nxt not in seen and (seen.add(nxt) or reaches(nxt, target, seen))):
+                return True
+        return False
+
+    circles = sorted(m for m in graph if reaches(m, m, set()))
+    assert not circles, f"modules in an import circle: {circles}"

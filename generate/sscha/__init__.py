@@ -25,7 +25,9 @@ and the Gaussian's mode variances are those of independent oscillators.
 Modules: :mod:`~generate.sscha.result` (settings and results), :mod:`~generate.sscha.supercell`
 (supercell model, canonical modes, harmonic start), :mod:`~generate.sscha.direct` (the direct
 engine), :mod:`~generate.sscha.expansion` (the force-constant expansion) and
-:mod:`~generate.sscha.surrogate` (the surrogate engine), :mod:`~generate.sscha.engine`
+:mod:`~generate.sscha.surrogate` (the surrogate's expansion, fit and verification),
+:mod:`~generate.sscha.surrogate_run` (one fit per material, corrected at each temperature),
+:mod:`~generate.sscha.symmetry` (the factored space-group average), :mod:`~generate.sscha.engine`
 (the engines behind one signature, and the fall-back); ``python -m generate.sscha`` is :mod:`~generate.sscha.__main__`.
 """
 
@@ -61,11 +63,13 @@ from generate.sscha.surrogate import (
     SurrogateSettings,
     quiet_hiphive,
     run_scha_on_expansion,
+    surrogate_basis,
+    surrogate_fit_matrix,
+)
+from generate.sscha.surrogate_run import (
     run_sscha_surrogate,
     run_sscha_surrogate_temperatures,
     solve_on_surrogate,
-    surrogate_basis,
-    surrogate_fit_matrix,
     train_surrogate,
 )
 

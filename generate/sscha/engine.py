@@ -17,7 +17,8 @@ from ase import Atoms
 
 from generate.sscha.direct import run_sscha
 from generate.sscha.result import SSCHAResult, SSCHASettings
-from generate.sscha.surrogate import SurrogateSettings, run_sscha_surrogate_temperatures
+from generate.sscha.surrogate import SurrogateSettings
+from generate.sscha.surrogate_run import run_sscha_surrogate_temperatures
 
 log = logging.getLogger("thermobench.sscha")
 

@@ -295,16 +295,7 @@ renormalized frequencies. Nullable numbers are null (never NaN) with a reason co
 
 ## How it was made
 
-Per material: relax cell and positions under the space-group constraint (ASE {settings["relax"]["optimizer"]},
-fmax {settings["relax"]["fmax_eV_A"]} eV/Å, at most {settings["relax"]["max_steps"]} steps) → harmonic
-FC2 by finite displacements ({settings["harmonic"]["displacement_A"]} Å, phonopy, symprec
-{settings["harmonic"]["symprec"]}) in the smallest balanced diagonal supercell with at least
-{settings["supercell"]["min_atoms"]} atoms (at most {settings["supercell"]["max_atoms"]}) → SSCHA at each
-temperature from that FC2 ({"quantum" if settings["sscha"]["quantum"] else "classical"} statistics,
-{settings["sscha"]["n_configurations"]} configurations per ensemble, at most
-{settings["sscha"]["max_configurations"]}, at most {settings["sscha"]["max_steps"]} steps, seed
-{settings["seed"]}) → q-mesh {settings["harmonic"]["q_mesh"]} by Fourier interpolation, DOS with
-{settings["dos"]["sigma_THz"]} THz Gaussian smearing.
+{method_text(settings)}
 
 Commands (resumed runs listed in order; records of finished materials are reused, never recomputed):
 
@@ -360,6 +351,36 @@ def run_command(cfg) -> dict:
         f"{cfg.out_folder}; splits {stats['splits']}"
     )
     return stats
+
+
+def method_text(settings: dict) -> str:
+    """How a row was made, in words, from its run's settings (older runs lack the newer keys)."""
+    sc, h, sscha, relax = settings["supercell"], settings["harmonic"], settings["sscha"], settings["relax"]
+    target = sscha.get("frequency_error_target_THz")
+    engine = str(sscha.get("_target_", "direct")).rsplit(".", 1)[-1]
+    if engine == "SurrogateEngine":
+        engine_text = (f"the verified surrogate engine (one hiphive fit per material, the SCHA on it exactly, corrected "
+                       f"against the potential with {sscha['surrogate']['n_verification']}-configuration verification "
+                       f"ensembles; a temperature whose verification fails falls back to the direct engine, as "
+                       f"`sscha_status` says)")
+    else:
+        engine_text = (f"the direct engine ({sscha['n_configurations']} configurations per ensemble, at most "
+                       f"{sscha['max_configurations']})")
+    large = sc.get("harmonic_min_length_A")
+    mesh = (f"q-mesh {h['q_mesh']}: harmonic FC2 of a larger supercell (planes ≥ {large} Å apart, at most "
+            f"{sc['harmonic_max_atoms']} atoms) with the SSCHA correction embedded (generate.embedding)"
+            if large else f"q-mesh {h['q_mesh']} by Fourier interpolation of the SSCHA supercell")
+    return (
+        f"Per material: relax cell and positions under the space-group constraint (ASE {relax['optimizer']}, "
+        f"fmax {relax['fmax_eV_A']} eV/Å, at most {relax['max_steps']} steps) → harmonic FC2 by finite displacements "
+        f"({h['displacement_A']} Å, phonopy, symprec {h['symprec']}) in the SSCHA supercell: the smallest balanced "
+        f"diagonal one with planes ≥ {sc.get('min_length_A', 0)} Å apart and ≥ {sc['min_atoms']} atoms (at most "
+        f"{sc['max_atoms']}) → SSCHA at each temperature ({'quantum' if sscha['quantum'] else 'classical'} statistics, "
+        f"{engine_text}, at most {sscha['max_steps']} steps"
+        + (f", every frequency to a stochastic error of {target} THz" if target else "")
+        + f", seed {settings['seed']}) → {mesh}; DOS with {settings['dos']['sigma_THz']} THz Gaussian smearing. "
+        "The frequencies are the SSCHA auxiliary ones at fixed volume (the relaxed static cell)."
+    )
 
 
 def main() -> None:

@@ -178,16 +178,16 @@ def materials_from_config(source) -> list[Material]:
         return builtin_source(families, ids, source.get("limit"))
     if kind == "directory":
         if not source.get("directory"):
-            raise ValueError("source.kind=directory needs source.directory=PATH")
+            raise ValueError("source=directory needs source.directory=PATH")
         materials = directory_source(source.directory, source.get("family") or "user")
         return materials[: source.limit] if source.get("limit") else materials
     if kind == "materials_project":
         if not source.get("mp_ids"):
-            raise ValueError("source.kind=materials_project needs source.mp_ids=[mp-149,...]")
+            raise ValueError("source=materials_project needs source.mp_ids=[mp-149,...]")
         return materials_project_source(list(source.mp_ids), source.get("mp_api_key"))
     if kind == "phonondb":
         if not source.get("phonondb_dir"):
-            raise ValueError("source.kind=phonondb needs source.phonondb_dir=PATH (git clone https://github.com/WMD-group/phononDB; its phonon_db_tarred/)")
+            raise ValueError("source=phonondb needs source.phonondb_dir=PATH (git clone https://github.com/WMD-group/phononDB; its phonon_db_tarred/)")
         listed = lambda key: list(source[key]) if source.get(key) else None  # noqa: E731
         return phonondb_source(
             source.phonondb_dir, ids=listed("ids"), spacegroups=listed("spacegroups"), elements=listed("elements"),

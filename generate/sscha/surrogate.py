@@ -62,11 +62,13 @@ class SurrogateSettings:
     max_verification: int = 800
     # Refitting rarely shrinks the correction (the force error is the expansion's, not the data's):
     # one refit when the surrogate is far off; the correction steps below do the rest.
-    refit_threshold_THz: float = 0.3
+    refit_threshold_THz: float = 0.5
     max_refits: int = 1
     correct: bool = True  # add the verified differences to the reported frequencies and free energy
-    max_corrections: int = 3  # verified correction steps (analytic averages), each on a fresh ensemble
-    correction_tolerance_THz: float = 0.05  # ... until a step moves no frequency by more than this (or 2σ)
+    # Correction steps reuse the verification ensemble, reweighted (a fresh one only when its effective
+    # sample fraction drops below sscha.ess_threshold), until a step moves no frequency by more than this.
+    max_corrections: int = 8
+    correction_tolerance_THz: float = 0.01
 
 
 class quiet_hiphive:
@@ -290,11 +292,12 @@ class Verification:
     difference_errors_THz: np.ndarray  # per mode of the surrogate's auxiliary system
     free_energy_difference_eV: float  # <V - V_surrogate>
     free_energy_difference_error_eV: float
+    n_new: int  # configurations the potential evaluated for this verification
 
 
 def verify_surrogate(
     model, potential, expansion, dynamical, centroids_A, harmonic_dynamical, settings, surrogate, rng, target_THz,
-    refit_threshold_THz=None, surrogate_gradient=None,
+    refit_threshold_THz=None, surrogate_gradient=None, reuse: Ensemble | None = None,
 ):
     """Evaluate a fresh ensemble of ``dynamical`` with both and move D by the difference of the gradients.
 
@@ -306,16 +309,22 @@ def verify_surrogate(
     then the surrogate will be refitted anyway and more precision here would be wasted.
     ``surrogate_gradient``: the surrogate's exact SCHA gradient at ``dynamical`` when that is not the
     surrogate's own minimum (a later correction step); the potential's gradient is then that plus
-    the sampled difference.
+    the sampled difference. ``reuse``: an ensemble of a nearby D, reweighted to this one (no new
+    potential evaluations) unless its effective sample fraction falls below ``settings.ess_threshold``.
     """
     modes = gaussian_modes(model, dynamical, settings)
     surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
-    ensemble, n_new = None, surrogate.n_verification
+    ensemble, n_new, n_evaluated = reuse, (0 if reuse is not None else surrogate.n_verification), 0
     while True:
-        fresh = new_ensemble(model, potential, centroids_A, modes, n_new, rng, settings)
-        ensemble = fresh if ensemble is None else concatenate_ensembles(ensemble, fresh)
+        if n_new > 0:
+            fresh = new_ensemble(model, potential, centroids_A, modes, n_new, rng, settings)
+            ensemble = fresh if ensemble is None else concatenate_ensembles(ensemble, fresh)
+            n_evaluated += n_new
         energies_s, forces_s = expansion.energies_and_forces(ensemble.centroids_A + ensemble.displacements_A - expansion.reference)
         stats_real = ensemble_statistics(model, ensemble, dynamical, centroids_A, settings)
+        if n_evaluated == 0 and stats_real.effective_sample_fraction < settings.ess_threshold:
+            ensemble, n_new = None, surrogate.n_verification  # too far from the reused ensemble's D
+            continue
         surrogate_ensemble = replace(ensemble, energies_eV=energies_s, forces_eV_A=forces_s)
         stats_surrogate = ensemble_statistics(model, surrogate_ensemble, dynamical, centroids_A, settings)
         batch_differences = stats_real.batch_gradients - stats_surrogate.batch_gradients
@@ -333,15 +342,21 @@ def verify_surrogate(
             break
         needed = int(np.ceil(1.1 * size * (errors.max() / target_THz) ** 2 / 2)) * 2
         n_new = min(needed, surrogate.max_verification) - size
-    pair_means = (ensemble.energies_eV - energies_s).reshape(-1, 2).mean(axis=1)
+    # ⟨V - V_surrogate⟩ over antithetic pairs, reweighted to D (weights are 1/n on a fresh ensemble)
+    pair_weights = stats_real.weights.reshape(-1, 2).sum(axis=1)
+    pair_values = (ensemble.energies_eV - energies_s).reshape(-1, 2).mean(axis=1)
+    mean = float(pair_weights @ pair_values / pair_weights.sum())
+    spread = np.sqrt(np.sum(pair_weights**2 * (pair_values - mean) ** 2)) / pair_weights.sum()
+    n_pairs = len(pair_values)
     return Verification(
         ensemble=ensemble,
         surrogate_energies_eV=energies_s,
         surrogate_forces_eV_A=forces_s,
         corrected_dynamical=corrected,
         difference_errors_THz=errors,
-        free_energy_difference_eV=float(pair_means.mean()),
-        free_energy_difference_error_eV=float(pair_means.std(ddof=1) / np.sqrt(len(pair_means))),
+        free_energy_difference_eV=mean,
+        free_energy_difference_error_eV=float(spread * np.sqrt(n_pairs / max(n_pairs - 1, 1))),
+        n_new=n_evaluated,
     )
 
 

@@ -201,7 +201,7 @@ def solve_on_surrogate(
             None if target is None else target if analytic else target * np.sqrt(3) / 2,
             refit_threshold_THz=surrogate.refit_threshold_THz if attempt < surrogate.max_refits else None,
         )
-        evaluations += len(check.ensemble.energies_eV)
+        evaluations += check.n_new
         surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
         shift = signed_mode_frequencies_THz(model, check.corrected_dynamical) - surrogate_frequencies
         log.info("surrogate at %g K (fit %d, %d training structures): verification shifts up to %.3f THz, "
@@ -213,18 +213,17 @@ def solve_on_surrogate(
         fit.refit(surrogate, settings.seed)
         initial = result.force_constants_eV_A2
 
-    # Further correction steps at the corrected D until a step is within noise: the potential's
-    # gradient there is the surrogate's exact one plus the sampled (low-noise) difference.
+    # Further correction steps at the corrected D, on the same ensemble reweighted, until they settle:
+    # the potential's gradient there is the surrogate's exact one plus the sampled (low-noise) difference.
     surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
     surrogate_free_energy = result.free_energy_eV_atom
     last_step, n_corrections = float(np.abs(shift).max()), 1
-    while (surrogate.correct and analytic and n_corrections < surrogate.max_corrections
-           and last_step > max(surrogate.correction_tolerance_THz, 2 * float(check.difference_errors_THz.max()))):
+    while surrogate.correct and analytic and n_corrections < surrogate.max_corrections and last_step > surrogate.correction_tolerance_THz:
         dynamical, _ = stabilize(model, check.corrected_dynamical, settings.min_frequency_THz)
         free_energy, gradient, _ = scha_point(model, fit.expansion, dynamical, centroids, settings)
         check = verify_surrogate(model, potential, fit.expansion, dynamical, centroids, harmonic_dynamical, settings,
-                                 surrogate, rng, target, surrogate_gradient=gradient)
-        evaluations += len(check.ensemble.energies_eV)
+                                 surrogate, rng, target, surrogate_gradient=gradient, reuse=check.ensemble)
+        evaluations += check.n_new
         last_step = float(np.abs(signed_mode_frequencies_THz(model, check.corrected_dynamical)
                                  - signed_mode_frequencies_THz(model, dynamical)).max())
         surrogate_free_energy = free_energy / model.n_atoms

@@ -67,7 +67,7 @@ def compute_material(material: Material, settings: dict, device: str = "cpu", po
         "host": os.uname().nodename,
     }
     try:
-        rows = _compute_rows(material, settings, device, potential, start)
+        rows, dft = _compute_rows(material, settings, device, potential, start)
     except BaseException as error:  # noqa: BLE001 - the record must say what happened, whatever it was
         if isinstance(error, KeyboardInterrupt | SystemExit):
             raise
@@ -82,7 +82,8 @@ def compute_material(material: Material, settings: dict, device: str = "cpu", po
             "wall_time_s": time.time() - start,
             "finished": time.time(),
         }
-    return {**base, "status": "ok", "rows": rows, "wall_time_s": time.time() - start, "finished": time.time()}
+    extra = {"dft_harmonic": dft} if dft is not None else {}
+    return {**base, "status": "ok", "rows": rows, **extra, "wall_time_s": time.time() - start, "finished": time.time()}
 
 
 def _stage(name: str, function: Callable, *args, **kwargs):
@@ -129,6 +130,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     shift_min = float(settings["targets"]["shift_min_frequency_THz"])
     static_energy = relaxed.energy_eV_atom
     harm_mesh = np.asarray(large.mesh_frequencies_THz)
+    dft = _stage("dft", dft_comparison, material, large, tolerance)
     harm_comm = np.asarray(harmonic.commensurate_frequencies_THz)
 
     engine = sscha_engine(settings)
@@ -245,7 +247,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
         for key, value in row.items():
             if isinstance(value, float) and not np.isfinite(value):
                 raise StageError("record", ValueError(f"{key} = {value} at {row['temperature_K']} K is not finite"))
-    return rows
+    return rows, dft
 
 
 def sscha_supercells(atoms, supercell: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -258,6 +260,39 @@ def sscha_supercells(atoms, supercell: dict) -> tuple[np.ndarray, np.ndarray]:
         return matrix, matrix
     large = choose_supercell(atoms, 0, sc["harmonic_max_atoms"], None, sc["harmonic_min_length_A"])
     return matrix, (large if abs(np.linalg.det(large)) > abs(np.linalg.det(matrix)) else matrix)
+
+
+def dft_comparison(material: Material, harmonic, tolerance_THz: float) -> dict | None:
+    """The DFT harmonic frequencies of the same crystal on the rows' q-mesh, beside the potential's, for a
+    source that has them (phonondb); None otherwise.
+
+    Both without the non-analytic correction (the potential predicts no Born charges), so the MAE
+    measures the short-range force constants, as ``generate.validate_phonons`` does. The q-points are
+    reduced coordinates of the same primitive cell (the generator starts from phonondb's cell).
+    """
+    reference = getattr(material.build, "dft_phonons", None)
+    if reference is None:
+        return None
+    dft = reference()
+    dft.nac_params = None
+    dft.run_qpoints(np.asarray(harmonic.mesh_qpoints))
+    frequencies = np.asarray(dft.get_qpoints_dict()["frequencies"])
+    potential = np.asarray(harmonic.mesh_frequencies_THz)
+    if frequencies.shape != potential.shape:
+        raise ValueError(f"DFT primitive cell has {frequencies.shape[1] // 3} atoms, the generator's {potential.shape[1] // 3}")
+    weights = np.asarray(harmonic.mesh_weights, float)
+    mae = float(weights @ np.abs(potential - frequencies).mean(axis=1) / weights.sum())
+    return {
+        "source": material.source,
+        "source_id": material.source_id,
+        "mesh_frequencies_THz": frequencies.tolist(),  # on the rows' mesh_qpoints, bands sorted
+        "harmonic_mae_THz": mae,  # potential - DFT, weighted over the mesh, every band
+        "min_frequency_THz": float(frequencies.min()),
+        "dft_stable": bool(frequencies.min() >= -tolerance_THz),
+        "potential_stable": bool(potential.min() >= -tolerance_THz),
+        "dft_supercell_atoms": len(dft.supercell),
+        "nac": "not applied to either (short-range force constants compared)",
+    }
 
 
 def _embedded_meshes(cell, matrix, harmonic, large, results, symprec: float) -> list[np.ndarray]:

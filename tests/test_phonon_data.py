@@ -204,3 +204,35 @@ def test_a_supercell_in_another_atom_order_is_carried_over(tmp_path):
     for phonon in (permuted, original):
         phonon.run_mesh([4, 4, 4], is_gamma_center=True)
     np.testing.assert_allclose(permuted.get_mesh_dict()["frequencies"], original.get_mesh_dict()["frequencies"], atol=1e-4)
+
+
+def test_phonondb_records_carry_the_dft_harmonic_frequencies(tmp_path, shared):
+    """A phonondb crystal's record holds phonondb's DFT frequencies on the rows' own q-points (checked
+    against phonopy's mesh of the same archive, 1e-6 THz) and the potential's harmonic MAE against
+    them, recomputed here from the row (1e-9 THz)."""
+    import json
+
+    from generate.pipeline import run
+    from tests.test_pipeline import compose
+
+    out = tmp_path / "run"
+    summary = run(compose("source=phonondb", f"source.phonondb_dir={FIXTURES}", "source.ids=[mp-149]", "potential=m3gnet_mp",
+                          "executor=serial", f"out_dir={out}", "supercell.min_atoms=16", "supercell.max_atoms=16",
+                          "supercell.harmonic_max_atoms=54", "temperatures_K=[300.0]", "sscha.n_configurations=20",
+                          "sscha.max_steps=2"), progress=False)
+    assert summary.n_done == 1
+    (path,) = out.glob("*/records/*.json")
+    record = json.loads(path.read_text())
+    (row,) = record["rows"]
+    dft = record["dft_harmonic"]
+    assert dft["source"] == "phonondb" and dft["source_id"] == "mp-149" and dft["dft_stable"]
+    reference = load_dft_dataset(FIXTURES / "materials-id-149-si-fd-3m-227.tar.lzma")
+    reference.nac_params = None
+    reference.run_mesh(row["q_mesh"], is_gamma_center=True)
+    mesh = reference.get_mesh_dict()
+    np.testing.assert_allclose(row["mesh_qpoints"], mesh["qpoints"], atol=1e-12)
+    np.testing.assert_allclose(dft["mesh_frequencies_THz"], mesh["frequencies"], atol=1e-6)
+    weights = np.asarray(row["mesh_weights"], float)
+    mae = weights @ np.abs(np.asarray(row["harmonic_mesh_frequencies_THz"]) - mesh["frequencies"]).mean(axis=1) / weights.sum()
+    assert dft["harmonic_mae_THz"] == pytest.approx(mae, abs=1e-9)
+    assert dft["harmonic_mae_THz"] > 0.5  # M3GNet-MP is far too soft for Si (optical Γ 10.5 vs 15.3 THz in DFT)

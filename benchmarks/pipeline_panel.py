@@ -30,7 +30,7 @@ PANEL = (  # at least one crystal per family the dataset balances
 )
 MINI = [  # what thermobench-mini 0.1 was generated with (its card lists the command), in today's keys
     "sscha=direct", "supercell.min_length_A=0", "supercell.min_atoms=16", "supercell.max_atoms=64",
-    "supercell.harmonic_max_atoms=1", "sscha.n_configurations=100", "sscha.max_configurations=200",
+    "harmonic.supercell_max_atoms=1", "sscha.n_configurations=100", "sscha.max_configurations=200",
     "sscha.max_steps=20", "sscha.frequency_error_target_THz=null", "relax.max_steps=200",
 ]
 SETTINGS = {

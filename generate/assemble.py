@@ -366,9 +366,9 @@ def method_text(settings: dict) -> str:
     else:
         engine_text = (f"the direct engine ({sscha['n_configurations']} configurations per ensemble, at most "
                        f"{sscha['max_configurations']})")
-    large = sc.get("harmonic_min_length_A")
-    mesh = (f"q-mesh {h['q_mesh']}: harmonic FC2 of a larger supercell (planes ≥ {large} Å apart, at most "
-            f"{sc['harmonic_max_atoms']} atoms) with the SSCHA correction embedded (generate.embedding)"
+    large = h.get("supercell_max_atoms") and "min_length_A" in sc  # the embedding came with both
+    mesh = (f"q-mesh {h['q_mesh']}: harmonic FC2 of a larger supercell (planes ≥ {h['supercell_min_length_A']} Å "
+            f"apart, at most {h['supercell_max_atoms']} atoms) with the SSCHA correction embedded (generate.embedding)"
             if large else f"q-mesh {h['q_mesh']} by Fourier interpolation of the SSCHA supercell")
     return (
         f"Per material: relax cell and positions under the space-group constraint (ASE {relax['optimizer']}, "

@@ -21,6 +21,7 @@ R_J_MOL_K = 8.314462618
 @dataclass(frozen=True)
 class HarmonicSettings:
     supercell_min_length_A: float = 10.0
+    supercell_max_atoms: int | None = None  # above it: the largest balanced supercell within it (never Γ only)
     supercell_matrix: tuple | None = None  # overrides the minimum length when given
     primitive_matrix: str | tuple | None = "auto"
     displacement_A: float = 0.01
@@ -35,6 +36,8 @@ class HarmonicSettings:
         from generate import checks
 
         checks.positive(self.supercell_min_length_A, "harmonic.supercell_min_length_A")
+        if self.supercell_max_atoms is not None:
+            checks.positive(self.supercell_max_atoms, "harmonic.supercell_max_atoms", integer=True)
         if self.supercell_matrix is not None:
             checks.supercell_matrix(self.supercell_matrix, "harmonic.supercell_matrix")
         checks.positive(self.displacement_A, "harmonic.displacement_A")
@@ -145,6 +148,10 @@ def build_phonopy(atoms: Atoms, settings: HarmonicSettings):
     if settings.supercell_matrix is not None:
         matrix = np.array(settings.supercell_matrix)
         matrix = np.diag(matrix) if matrix.ndim == 1 else matrix
+    elif settings.supercell_max_atoms is not None:
+        from generate.labels import choose_supercell
+
+        matrix = choose_supercell(atoms, 0, settings.supercell_max_atoms, None, settings.supercell_min_length_A)
     else:
         matrix = supercell_matrix_for_min_length(atoms, settings.supercell_min_length_A)
     unitcell = to_phonopy_atoms(atoms)

@@ -105,7 +105,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     atoms = _stage("load", material.atoms)
     loaded = potential if potential is not None else _stage("potential", load_named_potential, settings["potential"], device)
     _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})")
-    _stage("check", sscha_supercells, atoms, settings["supercell"])  # before the relaxation
+    _stage("check", sscha_supercells, atoms, settings["supercell"], settings["harmonic"])  # before the relaxation
     if material.source == "file":  # a file's name says nothing reliable about its formula
         material = replace(material, formula=atoms.get_chemical_formula("metal", empirical=True))
 
@@ -114,7 +114,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     cell = relaxed.atoms
     cell.calc = None
 
-    matrix, large_matrix = sscha_supercells(cell, settings["supercell"])
+    matrix, large_matrix = sscha_supercells(cell, settings["supercell"], settings["harmonic"])
     temperatures = [float(t) for t in settings["temperatures_K"]]
     tolerance = float(settings["harmonic"]["imaginary_tolerance_THz"])
     harmonic = _stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings(settings, matrix, temperatures))
@@ -250,15 +250,16 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     return rows, dft
 
 
-def sscha_supercells(atoms, supercell: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The SSCHA supercell and the larger harmonic one of the ``supercell`` settings (the harmonic one
-    is never smaller than the SSCHA's)."""
+def sscha_supercells(atoms, supercell: dict, harmonic: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The SSCHA supercell (``supercell`` settings) and the harmonic one of the q-mesh
+    (``harmonic.supercell_min_length_A`` within ``harmonic.supercell_max_atoms``), never smaller than the SSCHA's."""
     sc = supercell
     matrix = choose_supercell(atoms, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"), sc["min_length_A"])
     n_small = len(atoms) * round(abs(np.linalg.det(matrix)))
-    if sc.get("matrix") is not None or sc["harmonic_max_atoms"] <= n_small:
+    budget = harmonic.get("supercell_max_atoms") or 10**6
+    if sc.get("matrix") is not None or budget <= n_small:
         return matrix, matrix
-    large = choose_supercell(atoms, 0, sc["harmonic_max_atoms"], None, sc["harmonic_min_length_A"])
+    large = choose_supercell(atoms, 0, budget, None, harmonic["supercell_min_length_A"])
     return matrix, (large if abs(np.linalg.det(large)) > abs(np.linalg.det(matrix)) else matrix)
 
 

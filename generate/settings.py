@@ -66,8 +66,6 @@ def check_settings(settings: dict) -> None:
     sc = settings["supercell"]
     checks.atom_budget(sc["min_atoms"], sc["max_atoms"])
     checks.positive(sc["min_length_A"], "supercell.min_length_A", strict=False)
-    checks.positive(sc["harmonic_min_length_A"], "supercell.harmonic_min_length_A", strict=False)
-    checks.positive(sc["harmonic_max_atoms"], "supercell.harmonic_max_atoms", integer=True)
     if sc.get("matrix") is not None:
         checks.supercell_matrix(sc["matrix"], "supercell.matrix")
     relax_settings(settings["relax"], settings["harmonic"])

@@ -218,7 +218,7 @@ def test_phonondb_records_carry_the_dft_harmonic_frequencies(tmp_path, shared):
     out = tmp_path / "run"
     summary = run(compose("source=phonondb", f"source.phonondb_dir={FIXTURES}", "source.ids=[mp-149]", "potential=m3gnet_mp",
                           "executor=serial", f"out_dir={out}", "supercell.min_atoms=16", "supercell.max_atoms=16",
-                          "supercell.harmonic_max_atoms=54", "temperatures_K=[300.0]", "sscha.n_configurations=20",
+                          "harmonic.supercell_max_atoms=54", "temperatures_K=[300.0]", "sscha.n_configurations=20",
                           "sscha.max_steps=2"), progress=False)
     assert summary.n_done == 1
     (path,) = out.glob("*/records/*.json")

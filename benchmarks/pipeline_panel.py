@@ -94,6 +94,45 @@ def compare(old: dict, new: dict) -> dict:
     }
 
 
+def atom_evaluations(records: dict) -> float:
+    """Mean potential evaluations × supercell atoms per finished material (SSCHA and its harmonic
+    start): the cost that does not depend on the machine's load."""
+    ok = [r for r in records.values() if r["status"] == "ok"]
+    return float(np.mean([sum((x["n_potential_evaluations"] + x.get("n_harmonic_evaluations", 0) * (k == 0)) * x["n_supercell_atoms"]
+                                  for k, x in enumerate(r["rows"])) for r in ok])) if ok else float("nan")
+
+
+def markdown(report: dict) -> str:
+    """The report as tables: per settings set, then per material (old vs new supercells)."""
+    lines = [f"# Generator panel: {len(report['panel'])} crystals", "", f"`{report['command']}`", "",
+             "| settings | ok | failed | compute (s) | materials / core-hour | potential evaluations / material | "
+             "atom-evaluations / material | max σν (THz) | median σν (THz) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["results"].items():
+        lines.append(f"| {name} | {r['n_ok']} | {r['n_failed']} | {r['compute_s']:.0f} | {r['materials_per_core_hour']:.1f} | "
+                     f"{r['potential_evaluations_per_material']:.0f} | {r['atom_evaluations_per_material']:.0f} | "
+                     f"{r['max_frequency_error_THz']:.3f} | {r['median_frequency_error_THz']:.3f} |")
+    for key in ("new_vs_mini", "mini_surrogate_vs_mini"):
+        if key not in report:
+            continue
+        c = report[key]
+        lines += ["", f"## {key.replace('_', ' ')}: per material (first value mini, second the other)", "",
+                  f"Equal or better max σν: {c['equal_or_better_precision']} of {c['n_compared']}; median |Δσᴬ| "
+                  f"{c['median_abs_sigma_A_change']:.3f}, median |Δ mean shift| {c['median_abs_mean_shift_change']:.4f}.", "",
+                  "| material | atoms | min plane spacing (Å) | max σν (THz) | compute (s) | Δσᴬ (100/300/500 K) | Δ mean shift |",
+                  "|---|---|---|---|---|---|---|"]
+        for m, x in c["materials"].items():
+            fmt = lambda v, d=3: "null" if v is None else f"{v:+.{d}f}"  # noqa: E731
+            lines.append(f"| {m} | {x['supercell_atoms'][0]} → {x['supercell_atoms'][1]} | "
+                         f"{x['min_plane_spacing_A'][0]:.1f} → {x['min_plane_spacing_A'][1]:.1f} | "
+                         f"{x['max_frequency_error_THz'][0]:.3f} → {x['max_frequency_error_THz'][1]:.3f} | "
+                         f"{x['compute_s'][0]:.0f} → {x['compute_s'][1]:.0f} | {' '.join(fmt(v) for v in x['sigma_A_change'])} | "
+                         f"{' '.join(fmt(v, 4) for v in x['mean_shift_change'])} |")
+    for name, r in report["results"].items():
+        if r["failed"]:
+            lines += ["", f"Failed ({name}):", *[f"- {m}: {why}" for m, why in r["failed"].items()]]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -114,13 +153,14 @@ def main(argv: list[str] | None = None) -> None:
     for folder in args.baseline:
         _, ok, failed = read_records(folder)
         records = {r["material_id"]: r for r in ok + failed if r["material_id"] in args.materials}
-        report["results"][f"baseline:{folder.name}"] = summarize(records)
+        report["results"][f"baseline:{folder.name}"] = summarize(records) | {"atom_evaluations_per_material": atom_evaluations(records)}
     for name in args.settings:
         out = args.work / name
         cfg = compose("generate", [*SETTINGS[name], f"source.ids=[{','.join(args.materials)}]", "executor=serial", f"out_dir={out}"])
         run(cfg)
         _, ok, failed = read_records(find_run_folder(out))
-        report["results"][name] = summarize({r["material_id"]: r for r in ok + failed})
+        records = {r["material_id"]: r for r in ok + failed}
+        report["results"][name] = summarize(records) | {"atom_evaluations_per_material": atom_evaluations(records)}
     results = report["results"]
     if {"mini", "new"} <= set(results):
         report["throughput_ratio_new_over_mini"] = results["new"]["materials_per_core_hour"] / results["mini"]["materials_per_core_hour"]
@@ -131,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         report["mini_surrogate_vs_mini"] = compare(results["mini"], results["mini-surrogate"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (args.out / "report.md").write_text(markdown(report))
     print(json.dumps({k: v for k, v in report.items() if k not in ("results", "new_vs_mini", "mini_surrogate_vs_mini")} | {
         n: {k: v for k, v in r.items() if k not in ("per_material", "failed")} for n, r in results.items()}, indent=1))
 

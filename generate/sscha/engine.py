@@ -45,7 +45,9 @@ class SurrogateEngine:
     recomputed by the direct engine, and its status says why."""
 
     name = "surrogate"
-    max_relative_force_error: float = 0.3  # verified force error (rmse / rms) above this: direct engine
+    # The corrected result is unbiased whatever the surrogate (a control variate); its force error only
+    # sets how much cheaper than the direct engine it is (variance ~ error²): fcc Al's 0.33 still saves ~9×.
+    max_relative_force_error: float = 0.6  # verified force error (rmse / rms) above this: direct engine
     max_frequency_correction_THz: float = 0.2  # last verified correction step above this (not converged): direct
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
 

@@ -85,14 +85,20 @@ def compare(old: dict, new: dict) -> dict:
                                   for x, y in zip(a["mean_shift"], b["mean_shift"], strict=True)],
         }
     both = list(out.values())
-    # The first set's cost had it met the second's precision: its stochastic errors fall as 1/sqrt(N), so
-    # ensembles (the SSCHA: ~96 % of its compute) grow by (σ_first / σ_second)² where the second is better.
-    scaled = [x["compute_s"][0] * max(1.0, (x["max_frequency_error_THz"][0] / x["max_frequency_error_THz"][1]) ** 2) for x in both]
+    # The first set's cost had it met the second's precision, where the second is better: cost ∝ σ^-k.
+    # k = 2 is the Monte Carlo law σ ∝ 1/sqrt(N); the direct engine on NaCl measured k = 1.5 (evaluations
+    # for σ_max 0.303 -> 0.037 THz, direct_error_scaling.json), so k = 1.5 is the conservative estimate.
+    def scaled(k):
+        return sum(x["compute_s"][0] * max(1.0, (x["max_frequency_error_THz"][0] / x["max_frequency_error_THz"][1]) ** k)
+                   for x in both)
+
+    second = sum(x["compute_s"][1] for x in both)
     return {
         "materials": out,
-        "first_compute_at_second_precision_s": float(sum(scaled)),
-        "second_compute_s": float(sum(x["compute_s"][1] for x in both)),
-        "throughput_ratio_at_equal_precision": float(sum(scaled) / max(sum(x["compute_s"][1] for x in both), 1e-9)),
+        "first_compute_at_second_precision_s": {"k=2": float(scaled(2.0)), "k=1.5": float(scaled(1.5))},
+        "second_compute_s": float(second),
+        "throughput_ratio_at_equal_precision": {"k=2": float(scaled(2.0) / max(second, 1e-9)),
+                                                "k=1.5": float(scaled(1.5) / max(second, 1e-9))},
         "equal_or_better_precision": sum(x["max_frequency_error_THz"][1] <= x["max_frequency_error_THz"][0] for x in both),
         "n_compared": len(both),
         "median_abs_sigma_A_change": float(np.median([abs(v) for x in both for v in x["sigma_A_change"]])) if both else None,
@@ -125,9 +131,11 @@ def markdown(report: dict) -> str:
                   f"Equal or better max σν: {c['equal_or_better_precision']} of {c['n_compared']}; median |Δσᴬ| "
                   f"{c['median_abs_sigma_A_change']:.3f}, median |Δ mean shift| {c['median_abs_mean_shift_change']:.4f}. "
                   f"On the {c['n_compared']} materials both finished: {c['second_compute_s']:.0f} s against "
-                  f"{c['first_compute_at_second_precision_s']:.0f} s that mini's settings would need for the same max σν "
-                  f"per material (its ensembles grown by (σ_mini/σ)², measured σ ∝ 1/√N): "
-                  f"{c['throughput_ratio_at_equal_precision']:.1f}× the throughput at equal precision.", "",
+                  f"{c['first_compute_at_second_precision_s']['k=1.5']:.0f}–{c['first_compute_at_second_precision_s']['k=2']:.0f} s "
+                  f"that mini's settings would need for the same max σν per material (cost ∝ σ^-k, k = 1.5 as measured "
+                  f"for the direct engine on NaCl, k = 2 the Monte Carlo law): "
+                  f"{c['throughput_ratio_at_equal_precision']['k=1.5']:.1f}–{c['throughput_ratio_at_equal_precision']['k=2']:.1f}× "
+                  f"the throughput at equal precision.", "",
                   "| material | atoms | min plane spacing (Å) | max σν (THz) | compute (s) | Δσᴬ (100/300/500 K) | Δ mean shift |",
                   "|---|---|---|---|---|---|---|"]
         for m, x in c["materials"].items():

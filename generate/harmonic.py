@@ -116,6 +116,13 @@ def supercell_matrix_for_min_length(atoms: Atoms, min_length_A: float) -> np.nda
     return np.diag([max(1, int(np.ceil(min_length_A / s - 1e-8))) for s in spacings])
 
 
+def mesh_frequency_mae(reference_THz: np.ndarray, candidate_THz: np.ndarray, weights: np.ndarray) -> float:
+    """Mean |Δν| over every band of a q-mesh (bands sorted per q-point), q-points weighted by ``weights``."""
+    absolute = np.abs(np.sort(candidate_THz, 1) - np.sort(reference_THz, 1))
+    weights = np.asarray(weights, float)
+    return float(absolute.mean(axis=1) @ weights / weights.sum())
+
+
 def to_phonopy_atoms(atoms: Atoms):
     from phonopy.structure.atoms import PhonopyAtoms
 

@@ -271,6 +271,8 @@ def dft_comparison(material: Material, harmonic, tolerance_THz: float) -> dict |
     measures the short-range force constants, as ``generate.validate_phonons`` does. The q-points are
     reduced coordinates of the same primitive cell (the generator starts from phonondb's cell).
     """
+    from generate.harmonic import mesh_frequency_mae
+
     reference = getattr(material.build, "dft_phonons", None)
     if reference is None:
         return None
@@ -281,8 +283,7 @@ def dft_comparison(material: Material, harmonic, tolerance_THz: float) -> dict |
     potential = np.asarray(harmonic.mesh_frequencies_THz)
     if frequencies.shape != potential.shape:
         raise ValueError(f"DFT primitive cell has {frequencies.shape[1] // 3} atoms, the generator's {potential.shape[1] // 3}")
-    weights = np.asarray(harmonic.mesh_weights, float)
-    mae = float(weights @ np.abs(potential - frequencies).mean(axis=1) / weights.sum())
+    mae = mesh_frequency_mae(frequencies, potential, harmonic.mesh_weights)
     return {
         "source": material.source,
         "source_id": material.source_id,

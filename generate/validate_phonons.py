@@ -26,6 +26,7 @@ from generate.harmonic import (
     HarmonicResult,
     HarmonicSettings,
     displaced_supercell_forces,
+    mesh_frequency_mae,
     phonon_properties,
     to_ase_atoms,
     to_phonopy_atoms,
@@ -103,12 +104,11 @@ def compare(reference: HarmonicResult, candidate: HarmonicResult, temperature_K:
         raise ValueError("phonons were computed on different q-meshes")
     weights = reference.mesh_weights / reference.mesh_weights.sum()
     n_bands = reference.mesh_frequencies_THz.shape[1]
-    absolute = np.abs(np.sort(candidate.mesh_frequencies_THz, 1) - np.sort(reference.mesh_frequencies_THz, 1))
     mode_weights = np.repeat(weights, n_bands)
     ref_thermo = reference.thermodynamics.at(temperature_K)
     cand_thermo = candidate.thermodynamics.at(temperature_K)
     return PhononComparison(
-        frequency_mae_THz=float((absolute.mean(axis=1) * weights).sum()),
+        frequency_mae_THz=mesh_frequency_mae(reference.mesh_frequencies_THz, candidate.mesh_frequencies_THz, weights),
         wasserstein_THz=float(
             wasserstein_distance(
                 reference.mesh_frequencies_THz.ravel(), candidate.mesh_frequencies_THz.ravel(), mode_weights, mode_weights

@@ -16,18 +16,9 @@ from generate.kappa.transport import compute_kappa
 
 def settings_from_dict(values: Mapping | None) -> KappaSettings:
     """KappaSettings from a plain mapping (YAML); lists become tuples; unknown keys are an error."""
-    from omegaconf import OmegaConf
+    from generate.config import settings_of
 
-    values = OmegaConf.to_container(values, resolve=True) if OmegaConf.is_config(values) else dict(values or {})
-    known = set(KappaSettings.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown kappa setting(s) {unknown}; known: {sorted(known)}")
-
-    def convert(v):
-        return tuple(convert(x) for x in v) if isinstance(v, list | tuple) else v
-
-    return KappaSettings(**{k: convert(v) for k, v in values.items()})
+    return settings_of(KappaSettings, values, "kappa")
 
 
 def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, results, cfg: Mapping) -> list[dict]:

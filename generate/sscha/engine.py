@@ -98,6 +98,7 @@ def engine_from_config(values: Mapping) -> DirectEngine | SurrogateEngine:
     from hydra.utils import get_class
 
     from generate.checks import SettingsError
+    from generate.config import settings_of
 
     values = dict(values)
     target = values.get("_target_", f"{__name__}.DirectEngine")
@@ -110,18 +111,8 @@ def engine_from_config(values: Mapping) -> DirectEngine | SurrogateEngine:
                             + ", ".join(f"{c.__module__}.{c.__qualname__}" for c in ENGINES.values()))
     kwargs = {f.name: values[f.name] for f in fields(cls) if f.name in values}
     if "surrogate" in kwargs:
-        kwargs["surrogate"] = surrogate_settings(kwargs["surrogate"])
+        kwargs["surrogate"] = settings_of(SurrogateSettings, kwargs["surrogate"], "sscha.surrogate")
     return cls(**kwargs)
-
-
-def surrogate_settings(values: Mapping | None) -> SurrogateSettings:
-    from generate.checks import SettingsError
-
-    values = dict(values or {})
-    unknown = sorted(set(values) - {f.name for f in fields(SurrogateSettings)})
-    if unknown:
-        raise SettingsError(f"unknown sscha.surrogate setting(s) {unknown}")
-    return SurrogateSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def engine_keys(cls) -> set[str]:

@@ -106,12 +106,9 @@ def run_sscha_surrogate(
     harmonic: tuple[np.ndarray, int] | None = None,
 ) -> SSCHAResult:
     """The SSCHA at one temperature on a hiphive surrogate of ``potential``, verified (and corrected)
-    with the potential: :func:`train_surrogate`, then :func:`solve_on_surrogate`."""
-    start = time.perf_counter()
-    fit, evaluations = train_surrogate(atoms, potential, supercell_matrix, settings, surrogate, harmonic)
-    result = solve_on_surrogate(fit, atoms, potential, supercell_matrix, settings, surrogate)
-    return replace(result, n_potential_evaluations=result.n_potential_evaluations + evaluations,
-                   wall_time_s=time.perf_counter() - start)
+    with the potential: :func:`run_sscha_surrogate_temperatures` with that one temperature."""
+    (result,) = run_sscha_surrogate_temperatures(atoms, potential, supercell_matrix, [settings], surrogate, harmonic)
+    return result
 
 
 def run_sscha_surrogate_temperatures(
@@ -160,9 +157,10 @@ def solve_on_surrogate(
     2. :func:`verify_surrogate` on a fresh ensemble of the result. If the frequencies move by more
        than ``refit_threshold_THz``, the verification configurations join the training set, the
        surrogate is refitted and 1-2 repeat (at most ``max_refits`` times), starting from the last result.
-    3. With ``surrogate.correct`` the reported Φ is the verified one (one SSCHA step with the
-       potential's forces, paired with the surrogate's) and F gets ⟨V - V_surrogate⟩; the reported
-       errors combine the surrogate run's and the verification's. ``n_potential_evaluations``
+    3. With ``surrogate.correct`` the reported Φ is the verified one: SSCHA steps with the potential's
+       forces, paired with the surrogate's, repeated on the verification ensemble (reweighted) until a
+       step moves no frequency by more than ``correction_tolerance_THz``; F gets ⟨V - V_surrogate⟩; the
+       reported errors combine the surrogate run's and the verification's. ``n_potential_evaluations``
        counts the verification calls; the surrogate's own count is in the report.
     """
     from generate.harmonic import commensurate_qpoints
@@ -215,7 +213,6 @@ def solve_on_surrogate(
 
     # Further correction steps at the corrected D, on the same ensemble reweighted, until they settle:
     # the potential's gradient there is the surrogate's exact one plus the sampled (low-noise) difference.
-    surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
     surrogate_free_energy = result.free_energy_eV_atom
     last_step, n_corrections = float(np.abs(shift).max()), 1
     while surrogate.correct and analytic and n_corrections < surrogate.max_corrections and last_step > surrogate.correction_tolerance_THz:
@@ -230,7 +227,7 @@ def solve_on_surrogate(
         n_corrections += 1
         log.info("surrogate at %g K: correction step %d moves frequencies by up to %.3f THz (error %.3f), %d potential evaluations",
                  settings.temperature_K, n_corrections, last_step, float(check.difference_errors_THz.max()), evaluations)
-    shift = signed_mode_frequencies_THz(model, check.corrected_dynamical) - surrogate_frequencies
+    shift = signed_mode_frequencies_THz(model, check.corrected_dynamical) - surrogate_frequencies  # total correction
 
     real = check.ensemble
     rmse = float(np.sqrt(np.mean((check.surrogate_forces_eV_A - real.forces_eV_A) ** 2)))

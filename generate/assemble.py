@@ -24,11 +24,11 @@ from pathlib import Path
 from thermobench.dataset import (
     COLUMNS,
     CONFIGS,
-    OOD_TEST_FAMILIES,
     RANDOM_FRACTIONS,
     SCHEMA_VERSION,
     SPLITS,
     features,
+    ood_holdout,
     split_of,
 )
 
@@ -43,6 +43,10 @@ NULL_REASONS = {
     "kappa_harmonic_W_mK": "kappa_null_reason",
     "kappa_renormalized_W_mK": "kappa_null_reason",
     "kappa_ratio": "kappa_null_reason",
+    "dft_mesh_frequencies_THz": "dft_null_reason",
+    "potential_dft_mae_THz": "dft_null_reason",
+    "dft_min_frequency_THz": "dft_null_reason",
+    "dft_dynamically_stable": "dft_null_reason",
 }
 
 
@@ -121,9 +125,11 @@ def build_dataset_dicts(rows: list[dict]):
     from thermobench.dataset import COLUMN_NAMES
 
     table = Dataset.from_list([{name: row[name] for name in COLUMN_NAMES} for row in rows], features=features())
+    holdout = ood_holdout(rows[0]["dataset_version"])
     out = {}
     for config in CONFIGS:
-        labels = [split_of(m, f, config) for m, f in zip(table["material_id"], table["family"], strict=True)]
+        labels = [split_of(m, f, config, e, holdout)
+                  for m, f, e in zip(table["material_id"], table["family"], table["elements"], strict=True)]
         out[config] = DatasetDict(
             {split: table.select([i for i, s in enumerate(labels) if s == split]) for split in SPLITS}
         )
@@ -186,6 +192,13 @@ def _configs_yaml(dicts) -> str:
             lines.append(f"  - split: {split}")
             lines.append(f"    path: {config}/{split}*.parquet")  # also matches push_to_hub shard names
     return "\n".join(lines)
+
+
+def _holdout_text(holdout) -> str:
+    text = f"whole structure families held out for test ({', '.join(holdout.families)})"
+    if holdout.elements:
+        text += f" and every material containing {holdout.elements_name or 'one of'} ({', '.join(holdout.elements)})"
+    return text
 
 
 def _run_history(manifest: dict) -> tuple[list[str], float]:
@@ -267,8 +280,8 @@ Splits are fixed and grouped by material: all temperatures of a material are in 
 no material is in two splits (an empty split is left out of the files). A material's split is a hash of its id, so it does not change when
 materials are added.
 - `random`: {RANDOM_FRACTIONS[0]:.0%} / {RANDOM_FRACTIONS[1]:.0%} / {RANDOM_FRACTIONS[2]:.0%} train / validation / test by material.
-- `ood`: whole structure families held out for test ({", ".join(OOD_TEST_FAMILIES)}); validation is
-  drawn from the training families only.
+- `ood`: {_holdout_text(ood_holdout(rows[0]["dataset_version"]))}; validation is
+  drawn from the rest only.
 
 {chr(10).join(split_table)}
 

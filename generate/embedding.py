@@ -17,15 +17,16 @@ import numpy as np
 from ase import Atoms
 
 
-def correction_phonopy(cell: Atoms, supercell_matrix, primitive_matrix, symprec: float, correction_fc: np.ndarray):
-    """A phonopy object whose force constants are the SSCHA correction Φ_SSCHA - Φ_harm (small supercell)."""
+def supercell_phonopy(cell: Atoms, supercell_matrix, primitive_matrix, symprec: float, force_constants: np.ndarray):
+    """A phonopy object of ``cell`` in ``supercell_matrix`` holding ``force_constants`` (e.g. the
+    SSCHA correction Φ_SSCHA - Φ_harm of the small supercell)."""
     from phonopy import Phonopy
 
     from generate.harmonic import to_phonopy_atoms
 
     phonon = Phonopy(to_phonopy_atoms(cell), supercell_matrix=np.asarray(supercell_matrix),
                      primitive_matrix=np.asarray(primitive_matrix), symprec=symprec)
-    phonon.force_constants = correction_fc
+    phonon.force_constants = force_constants
     return phonon
 
 

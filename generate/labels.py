@@ -1,5 +1,4 @@
-"""Small physics helpers of the dataset rows: supercell choice, mode thermodynamics, DOS, frequency
-shifts, structure hash."""
+"""Small physics helpers of the dataset rows: supercell choice, mode thermodynamics, DOS, structure hash."""
 
 from __future__ import annotations
 
@@ -71,25 +70,6 @@ def smeared_dos(frequencies_THz: np.ndarray, weights: np.ndarray, grid: np.ndarr
     f = np.asarray(frequencies_THz)
     kernel = np.exp(-0.5 * ((grid[:, None, None] - f[None]) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
     return np.einsum("gqb,q->g", kernel, w)
-
-
-def frequency_shifts(harmonic: np.ndarray, renormalized: np.ndarray, n_imaginary: int, min_frequency_THz: float):
-    """Mean (signed) and max (absolute) relative shift of the supercell modes, paired by rank.
-
-    Only defined for a harmonically stable crystal (no harmonic imaginary modes): rank pairing of
-    sorted spectra then matches each mode with its renormalized self up to band crossings, which the
-    sorted comparison deliberately ignores. Modes with harmonic ν below ``min_frequency_THz``
-    (acoustic modes at Γ, numerical noise) are left out so tiny denominators do not dominate.
-    Returns (mean, max, n_modes, null_reason).
-    """
-    if n_imaginary > 0:
-        return None, None, 0, f"{n_imaginary} harmonic imaginary mode(s): no harmonic reference frequency"
-    h, r = np.sort(harmonic), np.sort(renormalized)
-    keep = h >= min_frequency_THz
-    if not keep.any():
-        return None, None, 0, f"no harmonic mode above {min_frequency_THz} THz"
-    shift = (r[keep] - h[keep]) / h[keep]
-    return float(shift.mean()), float(np.abs(shift).max()), int(keep.sum()), None
 
 
 def structure_hash(atoms) -> str:

@@ -18,11 +18,11 @@ from generate.atomic import write_json_atomically
 from generate.labels import (
     choose_supercell,
     finite_or_none,
-    frequency_shifts,
     mode_thermodynamics,
     smeared_dos,
     structure_hash,
 )
+from generate.modes import frequency_shifts, matched_frequencies
 from generate.settings import (
     RECORD_VERSION,
     fingerprint,
@@ -99,7 +99,9 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     from generate.config import relax_settings
     from generate.harmonic import harmonic_phonons
     from generate.relax import relax
+    from generate.sscha.classical import classical_sigma_A
     from thermobench.families import formula_reduced
+    from thermobench.phonondb import chemical_family
     from thermobench.potentials import check_structure
 
     atoms = _stage("load", material.atoms)
@@ -140,6 +142,10 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     ren_meshes = _stage("embedding", _embedded_meshes, cell, matrix, harmonic, large, results, symprec)
 
     kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results)
+    matched = _stage("modes", _matched_modes, cell, matrix, harmonic, results, symprec)
+    n_classical = int(settings["targets"]["classical_sigma_A_configurations"])
+    classical = [_stage("classical", classical_sigma_A, cell, matrix, loaded.model, r, sscha_settings(settings, r.temperature_K),
+                        n_classical) for r in results]
 
     # Frequency grid shared by every temperature, so DOS rows are comparable.
     all_max = max([harm_mesh.max()] + [m.max() for m in ren_meshes])
@@ -152,8 +158,11 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     harm_min = float(min(harm_mesh.min(), harmonic_super.min()))
     mesh_full = np.asarray(large.mesh_weights)
     n_imag_mesh = int(((harm_mesh < -tolerance).sum(axis=1) * mesh_full).sum())
+    dft_columns = _dft_columns(material, dft)
+    source_volume = abs(np.linalg.det(atoms.cell.array)) / len(atoms)
     identity = {
         **material_fields(material),
+        "chemistry": chemical_family(cell.get_chemical_symbols()),
         "spacegroup_number": sg[0],
         "spacegroup_symbol": sg[1],
         "structure_hash": structure_hash(cell),
@@ -166,10 +175,17 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
         "supercell_matrix": matrix.astype(int).tolist(),
         "n_supercell_atoms": n_super,
         "static_energy_eV_atom": static_energy,
+        "volume_change_vs_source": float(abs(np.linalg.det(cell.cell.array)) / len(cell) / source_volume - 1),
+        **dft_columns,
+        "potential_dynamically_stable": n_imag_mesh == 0 and n_imag == 0,
     }
     rows = []
     wall = time.time() - start
-    for temperature, result, kappa, ren_mesh in zip(temperatures, results, kappas, ren_meshes, strict=True):
+    target = sscha_settings(settings, temperatures[0]).frequency_error_target_THz
+    floor = float(sscha_settings(settings, temperatures[0]).min_frequency_THz)
+    for temperature, result, kappa, ren_mesh, (harm_pairs, ren_pairs, overlaps), (sigma_cl, sigma_cl_error) in zip(
+        temperatures, results, kappas, ren_meshes, matched, classical, strict=True
+    ):
         if n_imag == 0:
             f_h, s_h, c_h = mode_thermodynamics(harmonic_super, temperature, n_super, tolerance)
             f_h += static_energy
@@ -178,9 +194,13 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
             f_h = s_h = c_h = None
             thermo_reason = f"{n_imag} harmonic imaginary mode(s) at commensurate q"
         _, s_s, c_s = mode_thermodynamics(result.supercell_frequencies_THz, temperature, n_super, tolerance)
-        mean_shift, max_shift, n_shift, shift_reason = frequency_shifts(
-            harmonic_super, result.supercell_frequencies_THz, n_imag, shift_min
-        )
+        mean_shift, max_shift, n_shift, shift_reason = frequency_shifts(harm_pairs, ren_pairs, n_imag, shift_min)
+        n_floor = n_at_floor(result, floor)
+        meets_target = target is None or result.max_frequency_error_THz <= target * (1 + 1e-9)
+        status = result.status if not n_floor else (
+            f"{result.status}; {n_floor} mode(s) held at the stabilization floor of {floor} THz: the SCHA wants them "
+            "softer (a structural instability of this cell at this T, or an artefact of the potential); their "
+            "frequencies and this row's targets are bounds, not solutions")
         rows.append(
             {
                 **identity,
@@ -192,6 +212,8 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
                 "commensurate_qpoints": np.asarray(harmonic.commensurate_qpoints).tolist(),
                 "harmonic_commensurate_frequencies_THz": harm_comm.tolist(),
                 "renormalized_commensurate_frequencies_THz": np.asarray(result.commensurate_frequencies_THz).tolist(),
+                "renormalized_commensurate_frequencies_matched_THz": ren_pairs.tolist(),
+                "min_mode_overlap": float(overlaps.min()),
                 "q_mesh": [int(x) for x in settings["harmonic"]["q_mesh"]],
                 "mesh_qpoints": np.asarray(large.mesh_qpoints).tolist(),
                 "mesh_weights": [int(w) for w in large.mesh_weights],
@@ -216,14 +238,20 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
                 "heat_capacity_sscha_kB_atom": c_s,
                 "anharmonic_free_energy_eV_atom": None if f_h is None else float(result.free_energy_eV_atom - f_h),
                 "sigma_A": float(result.sigma_A),
+                "sigma_A_error": finite_or_none(result.sigma_A_error),
+                "sigma_A_classical": float(sigma_cl),
+                "sigma_A_classical_error": finite_or_none(sigma_cl_error),
                 "mean_relative_frequency_shift": mean_shift,
                 "max_relative_frequency_shift": max_shift,
                 "n_shift_modes": n_shift,
                 "shift_min_frequency_THz": shift_min,
                 "shift_null_reason": shift_reason,
                 **kappa,
-                "sscha_converged": bool(result.converged),
-                "sscha_status": result.status,
+                "sscha_converged": bool(result.converged and meets_target and not n_floor),
+                "sscha_status": status,
+                "n_stabilized_modes": n_floor,
+                "at_stabilization_floor": n_floor > 0,
+                "frequency_error_target_THz": finite_or_none(target),
                 "sscha_steps": len(result.history),
                 "sscha_n_configurations": int(result.history[-1].n_configurations),
                 "frequency_error_THz": float(result.max_frequency_error_THz),
@@ -297,14 +325,46 @@ def dft_comparison(material: Material, harmonic, tolerance_THz: float) -> dict |
     }
 
 
-def _embedded_meshes(cell, matrix, harmonic, large, results, symprec: float) -> list[np.ndarray]:
-    """Renormalized mesh frequencies per temperature: the large supercell's harmonic FC2 plus each
-    SSCHA correction (:mod:`generate.embedding`), on the harmonic mesh."""
-    from generate.embedding import correction_phonopy, embedded_frequencies_THz
+def _dft_columns(material: Material, dft: dict | None) -> dict:
+    """The per-row ground-truth columns: phonondb's DFT harmonic frequencies beside the potential's."""
+    from thermobench.phonondb import split_of
+
+    if dft is None:
+        return {"phonondb_split": None, "dft_mesh_frequencies_THz": None, "potential_dft_mae_THz": None,
+                "dft_min_frequency_THz": None, "dft_dynamically_stable": None,
+                "dft_null_reason": f"source {material.source!r} has no DFT phonons"}
+    return {"phonondb_split": split_of(material.source_id), "dft_mesh_frequencies_THz": dft["mesh_frequencies_THz"],
+            "potential_dft_mae_THz": dft["harmonic_mae_THz"], "dft_min_frequency_THz": dft["min_frequency_THz"],
+            "dft_dynamically_stable": dft["dft_stable"], "dft_null_reason": None}
+
+
+def n_at_floor(result, floor_THz: float) -> int:
+    """Modes of the final auxiliary system the stabilization rule holds at its floor (ω = ω_min)."""
+    nu = np.asarray(result.supercell_frequencies_THz)
+    at_floor = int(np.sum(np.abs(nu - floor_THz) < 1e-6 * max(floor_THz, 1e-12)))
+    return max(at_floor, int(result.history[-1].n_stabilized_modes) if result.history else 0)
+
+
+def _matched_modes(cell, matrix, harmonic, results, symprec: float) -> list[tuple]:
+    """Per temperature, the SSCHA modes at the commensurate q-points paired with the harmonic ones
+    (:func:`generate.modes.matched_frequencies`)."""
+    from generate.embedding import supercell_phonopy
 
     out = []
     for result in results:
-        correction = correction_phonopy(cell, matrix, harmonic.phonon.primitive_matrix, symprec,
+        renormalized = supercell_phonopy(cell, matrix, harmonic.phonon.primitive_matrix, symprec, result.force_constants_eV_A2)
+        out.append(matched_frequencies(harmonic.phonon, renormalized, harmonic.commensurate_qpoints))
+    return out
+
+
+def _embedded_meshes(cell, matrix, harmonic, large, results, symprec: float) -> list[np.ndarray]:
+    """Renormalized mesh frequencies per temperature: the large supercell's harmonic FC2 plus each
+    SSCHA correction (:mod:`generate.embedding`), on the harmonic mesh."""
+    from generate.embedding import embedded_frequencies_THz, supercell_phonopy
+
+    out = []
+    for result in results:
+        correction = supercell_phonopy(cell, matrix, harmonic.phonon.primitive_matrix, symprec,
                                         result.force_constants_eV_A2 - result.harmonic_force_constants_eV_A2)
         out.append(embedded_frequencies_THz(large.phonon, correction, large.mesh_qpoints))
     return out

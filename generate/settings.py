@@ -11,7 +11,7 @@ import numpy as np
 # Settings
 
 
-RECORD_VERSION = "1"
+RECORD_VERSION = "2"
 
 
 def settings_from_config(cfg) -> dict:
@@ -84,6 +84,8 @@ def check_settings(settings: dict) -> None:
     checks.positive(settings["dos"]["sigma_THz"], "dos.sigma_THz")
     checks.positive(settings["dos"]["n_points"], "dos.n_points", integer=True, minimum=2, strict=False)
     checks.positive(settings["targets"]["shift_min_frequency_THz"], "targets.shift_min_frequency_THz", strict=False)
+    checks.positive(settings["targets"]["classical_sigma_A_configurations"], "targets.classical_sigma_A_configurations",
+                    integer=True, minimum=4, strict=False)
 
 
 def fingerprint(settings: dict, potential_sha256: str) -> str:

@@ -144,21 +144,28 @@ def dft_stable(archive: Path, mesh=(8, 8, 8), tolerance_THz: float = 0.1) -> boo
 def phonondb_source(
     phonondb_dir, ids=None, spacegroups=None, elements=None, max_unitcell_atoms=None, max_supercell_atoms=None,
     split=None, families=None, only_dft_stable: bool = False, limit: int | None = None,
+    balanced: bool = False, max_primitive_atoms: int | None = None, per_family: int | None = None,
 ) -> list[Material]:
     """Materials of the Kyoto phonon database (DFT-relaxed PBEsol cells), filtered.
 
     ``elements``: every element of a material must be among them (e.g. those the potential covers);
     ``families``: chemistry labels of :func:`thermobench.phonondb.chemical_family`; ``split``: the fixed
     phonondb split; ``only_dft_stable``: keep materials whose DFT phonons are stable (checked lazily,
-    about a second each, so combine it with ``limit``).
+    about a second each, so combine it with ``limit``). ``balanced``: order the materials so that any
+    prefix is balanced over structure families (:func:`thermobench.prototypes.balanced_order`, within
+    ``max_primitive_atoms`` and ``per_family``), so a run stopped early is still balanced.
+    A material's ``family`` is its structure family (:func:`thermobench.prototypes.structure_family`).
     """
     from thermobench.phonondb import archive_path, chemical_family, present_ids, read_index, select
+    from thermobench.prototypes import balanced_order, primitive_atoms, structure_family
 
     present = present_ids(Path(phonondb_dir))  # a clone, or any subset of it
     entries = select([e for e in read_index() if e.material_id in present], split, max_supercell_atoms=max_supercell_atoms, elements=set(elements) if elements else None,
                      ids=set(ids) if ids else None, spacegroups=set(spacegroups) if spacegroups else None,
                      max_unitcell_atoms=max_unitcell_atoms)
     entries = [e for e in entries if not families or chemical_family(e.elements) in families]
+    if balanced:
+        entries = balanced_order(entries, max_primitive_atoms or 10**6, per_family)
     if ids:
         missing = sorted(set(ids) - {e.material_id for e in entries})
         if missing:
@@ -168,7 +175,8 @@ def phonondb_source(
         archive = archive_path(Path(phonondb_dir), entry)
         if only_dft_stable and not dft_stable(archive):
             continue
-        materials.append(Material(f"phonondb-{entry.material_id}", entry.formula, entry.formula, chemical_family(entry.elements),
+        family = structure_family(entry.formula, entry.spacegroup_number, primitive_atoms(entry.n_unitcell, entry.spacegroup_number))
+        materials.append(Material(f"phonondb-{entry.material_id}", entry.formula, entry.formula, family,
                                   _PhonondbBuilder(archive), "phonondb", entry.material_id))
         if limit is not None and len(materials) >= limit:
             break
@@ -199,6 +207,7 @@ def materials_from_config(source) -> list[Material]:
             source.phonondb_dir, ids=listed("ids"), spacegroups=listed("spacegroups"), elements=listed("elements"),
             max_unitcell_atoms=source.get("max_unitcell_atoms"), max_supercell_atoms=source.get("max_supercell_atoms"),
             split=source.get("split"), families=listed("families"), only_dft_stable=bool(source.get("dft_stable")),
-            limit=source.get("limit"),
+            limit=source.get("limit"), balanced=bool(source.get("balanced")),
+            max_primitive_atoms=source.get("max_primitive_atoms"), per_family=source.get("per_family"),
         )
     raise ValueError(f"source.kind must be builtin, directory, materials_project or phonondb, not {kind!r}")

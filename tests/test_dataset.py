@@ -11,10 +11,12 @@ from thermobench.dataset import (
     CONFIGS,
     EMBEDDED,
     OOD_TEST_FAMILIES,
+    SCHEMAS,
     SPLITS,
     features,
     load_dataset,
     resolve_dataset,
+    schema_version_of,
     split_of,
 )
 from thermobench.families import BUILTIN_MATERIALS, FAMILIES, builtin_materials, elements_of
@@ -134,10 +136,11 @@ def test_embedded_dataset_loads_with_declared_features_and_clean_splits(config):
     owner = {}
     for split, dataset in loaded.items():
         assert split in SPLITS
-        assert dataset.features == features()
+        assert schema_version_of(MINI) == "1.0"  # 0.1's rows keep the schema they were made with
+        assert dataset.features == features("1.0")
         for row in dataset:
             assert owner.setdefault(row["material_id"], split) == split, f"{row['material_id']} in two splits"
-            for column in COLUMNS:
+            for column in SCHEMAS["1.0"]:
                 value = row[column.name]
                 if value is None:
                     assert column.nullable, column.name

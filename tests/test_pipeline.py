@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generate.labels import choose_supercell, frequency_shifts, mode_thermodynamics
+from generate.labels import choose_supercell, mode_thermodynamics
+from generate.modes import frequency_shifts
 from generate.pipeline import run
 from thermobench.potentials import load_named_potential
 

@@ -22,8 +22,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = "1.0"
-EMBEDDED = {"thermobench-mini": Path(__file__).resolve().parent / "data" / "thermobench-mini"}
+SCHEMA_VERSION = "2.0"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+EMBEDDED = {"thermobench-mini": DATA_DIR / "thermobench-mini", "thermobench-0.2": DATA_DIR / "thermobench-0.2"}
 CONFIGS = ("random", "ood")
 SPLITS = ("train", "validation", "test")
 DATA_ENV = "THERMOBENCH_DATA"  # extra folders searched for a dataset by name (os.pathsep-separated)
@@ -46,6 +47,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("family", "string", "", "structure family (prototype), e.g. rocksalt, zincblende, perovskite-cubic"),
     Column("source", "string", "", "where the structure came from: builtin, file or materials-project"),
     Column("source_id", "string", "", "id in the source (file path, Materials Project id), null for built-ins", True),
+    Column("chemistry", "string", "", "coarse chemistry label, anion first (oxides, halides, ...; thermobench.phonondb.chemical_family)"),
+    Column("phonondb_split", "string", "", "fixed phonondb split of this crystal (train/validation/test); the shipped fine-tune trained on train and chose its checkpoint on validation, so potential_dft_mae_THz is out-of-sample on test rows; null outside phonondb", True),
     Column("spacegroup_number", "int32", "", "space group of the relaxed structure (spglib, tolerance `symprec`)"),
     Column("spacegroup_symbol", "string", "", "Hermann-Mauguin symbol of the relaxed structure"),
     Column("structure_hash", "string", "", "sha256 of species and lattice/positions rounded to 1e-3 Å: a structure fingerprint"),
@@ -62,6 +65,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("temperature_K", "float64", "K", "temperature of the SSCHA"),
     Column("quantum", "bool", "", "Bose-Einstein (true) or classical (false) statistics"),
     Column("static_energy_eV_atom", "float64", "eV/atom", "potential energy of the relaxed structure"),
+    Column("volume_change_vs_source", "float64", "", "volume per atom of the potential-relaxed cell over the source's (DFT-relaxed for phonondb) minus 1; every phonon of the row is at the potential's own geometry"),
     # phonons at commensurate q (supercell)
     Column("harmonic_frequencies_THz", "list[float64]", "THz", "all 3N supercell modes (commensurate q), harmonic, sorted; negative = imaginary"),
     Column("renormalized_frequencies_THz", "list[float64]", "THz", "all 3N supercell modes, SSCHA renormalized at temperature_K, sorted"),
@@ -69,6 +73,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("commensurate_qpoints", "list2[float64]", "reduced", "q-points commensurate with the supercell, primitive reciprocal basis"),
     Column("harmonic_commensurate_frequencies_THz", "list2[float64]", "THz", "n_q x n_bands harmonic frequencies at commensurate_qpoints"),
     Column("renormalized_commensurate_frequencies_THz", "list2[float64]", "THz", "n_q x n_bands SSCHA frequencies at commensurate_qpoints"),
+    Column("renormalized_commensurate_frequencies_matched_THz", "list2[float64]", "THz", "n_q x n_bands: the SSCHA frequency of the mode paired with harmonic band b at q by eigenvector overlap (same order as harmonic_commensurate_frequencies_THz)"),
+    Column("min_mode_overlap", "float64", "", "smallest overlap |<e_harm|e_SSCHA>|² (summed over degenerate subspaces) among the paired modes: near 1, the renormalization keeps the modes' character"),
     # q-mesh and DOS
     Column("q_mesh", "list[int32]", "", "Γ-centred q-mesh of the primitive cell (Fourier-interpolated force constants)"),
     Column("mesh_qpoints", "list2[float64]", "reduced", "irreducible q-points of q_mesh"),
@@ -77,6 +83,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("renormalized_mesh_frequencies_THz", "list2[float64]", "THz", "n_q x n_bands SSCHA frequencies on the mesh"),
     Column("dos_frequencies_THz", "list[float64]", "THz", "frequency grid of the DOS columns"),
     Column("harmonic_dos_states_per_THz", "list[float64]", "1/THz", "harmonic phonon DOS per primitive cell (Gaussian smearing dos_sigma_THz), integrates to 3 nsites"),
+    Column("dft_mesh_frequencies_THz", "list2[float64]", "THz", "n_q x n_bands DFT (phonondb, PBEsol) harmonic frequencies of the same crystal at mesh_qpoints, at DFT's geometry, no NAC", True),
+    Column("potential_dft_mae_THz", "float64", "THz", "label fidelity: mesh-weighted MAE of the potential's harmonic frequencies (its own geometry) against dft_mesh_frequencies_THz, every band", True),
+    Column("dft_min_frequency_THz", "float64", "THz", "lowest DFT harmonic frequency on the mesh", True),
+    Column("dft_dynamically_stable", "bool", "", "DFT harmonic phonons have no mode below -imaginary_tolerance_THz on the mesh", True),
+    Column("dft_null_reason", "string", "", "why the DFT columns are null (a source without DFT phonons)", True),
     Column("renormalized_dos_states_per_THz", "list[float64]", "1/THz", "renormalized phonon DOS, same grid and normalization"),
     Column("dos_sigma_THz", "float64", "THz", "Gaussian smearing width of the DOS"),
     # imaginary modes
@@ -86,6 +97,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("harmonic_min_frequency_THz", "float64", "THz", "lowest harmonic frequency over commensurate q and the mesh"),
     Column("n_imaginary_renormalized", "int32", "", "renormalized supercell modes below -imaginary_tolerance_THz"),
     Column("renormalized_min_frequency_THz", "float64", "THz", "lowest renormalized frequency over commensurate q and the mesh"),
+    Column("potential_dynamically_stable", "bool", "", "the potential's harmonic phonons have no imaginary mode at commensurate q or on the mesh"),
     # thermodynamics, supercell modes
     Column("free_energy_harmonic_eV_atom", "float64", "eV/atom", "static energy + harmonic vibrational free energy of the supercell modes; null if harmonic imaginary modes", True),
     Column("entropy_harmonic_kB_atom", "float64", "k_B/atom", "harmonic vibrational entropy of the supercell modes", True),
@@ -96,8 +108,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("heat_capacity_sscha_kB_atom", "float64", "k_B/atom", "harmonic-oscillator heat capacity of the renormalized supercell modes"),
     Column("anharmonic_free_energy_eV_atom", "float64", "eV/atom", "free_energy_sscha - free_energy_harmonic", True),
     # targets
-    Column("sigma_A", "float64", "", "Knoop anharmonicity score σᴬ = sqrt(Σ(f - f_harm)²/Σf²) over the final SSCHA ensemble (Knoop et al. PRM 4, 083809, 2020)"),
-    Column("mean_relative_frequency_shift", "float64", "", "mean over qualifying modes of (ν_SSCHA - ν_harm)/ν_harm, modes paired by rank; positive = hardening", True),
+    Column("sigma_A", "float64", "", "Knoop anharmonicity score σᴬ = sqrt(Σ(f - f_harm)²/Σf²) over the final (quantum) SSCHA ensemble (Knoop et al. PRM 4, 083809, 2020)"),
+    Column("sigma_A_error", "float64", "", "stochastic error of sigma_A (jackknife over antithetic pairs)", True),
+    Column("sigma_A_classical", "float64", "", "σᴬ over a classical Gaussian ensemble at temperature_K (variances k_B T/ω² of the SSCHA Φ): comparable with molecular-dynamics σᴬ"),
+    Column("sigma_A_classical_error", "float64", "", "stochastic error of sigma_A_classical (jackknife)", True),
+    Column("mean_relative_frequency_shift", "float64", "", "mean over qualifying modes of (ν_SSCHA - ν_harm)/ν_harm, modes paired by eigenvector overlap at each commensurate q; positive = hardening", True),
     Column("max_relative_frequency_shift", "float64", "", "largest |ν_SSCHA - ν_harm|/ν_harm over the same modes", True),
     Column("n_shift_modes", "int32", "", "number of modes entering the shift targets"),
     Column("shift_min_frequency_THz", "float64", "THz", "modes with harmonic frequency below this are excluded from the shift targets"),
@@ -107,11 +122,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("kappa_ratio", "float64", "", "kappa_renormalized / kappa_harmonic", True),
     Column("kappa_null_reason", "string", "", "why the κ columns are null (not computed, unstable, failed)", True),
     # diagnostics
-    Column("sscha_converged", "bool", "", "SSCHA gradient at the stochastic noise level on an independent ensemble"),
+    Column("sscha_converged", "bool", "", "SSCHA gradient at the noise level on an independent ensemble, every frequency within frequency_error_target_THz, and no mode at the stabilization floor"),
     Column("sscha_status", "string", "", "SSCHA status text; names the engine (direct, or surrogate with its verified errors) and any fall-back"),
     Column("sscha_steps", "int32", "", "SSCHA steps taken"),
     Column("sscha_n_configurations", "int32", "", "configurations in the final ensemble"),
     Column("frequency_error_THz", "float64", "THz", "largest stochastic error of a renormalized frequency"),
+    Column("frequency_error_target_THz", "float64", "THz", "the error every renormalized frequency had to reach", True),
+    Column("n_stabilized_modes", "int32", "", "modes held at the SSCHA's stabilization floor (the SCHA wanted them softer)"),
+    Column("at_stabilization_floor", "bool", "", "n_stabilized_modes > 0: frequencies and targets of the row are bounds, not converged values; sscha_status explains"),
     Column("free_energy_error_eV_atom", "float64", "eV/atom", "stochastic error of free_energy_sscha"),
     Column("n_potential_evaluations", "int32", "", "supercell evaluations for this temperature (SSCHA ensembles), harmonic ones not included"),
     Column("n_harmonic_evaluations", "int32", "", "displaced supercells evaluated for the harmonic FC2 (shared by all temperatures)"),
@@ -132,6 +150,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("dataset_version", "string", "", "dataset release"),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+ADDED_IN_2_0 = (
+    "chemistry", "phonondb_split", "volume_change_vs_source", "renormalized_commensurate_frequencies_matched_THz",
+    "min_mode_overlap", "dft_mesh_frequencies_THz", "potential_dft_mae_THz", "dft_min_frequency_THz",
+    "dft_dynamically_stable", "dft_null_reason", "potential_dynamically_stable", "sigma_A_error", "sigma_A_classical",
+    "sigma_A_classical_error", "frequency_error_target_THz", "n_stabilized_modes", "at_stabilization_floor",
+)
+SCHEMAS = {"1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0), SCHEMA_VERSION: COLUMNS}
 
 
 def _feature(dtype: str):
@@ -144,18 +169,57 @@ def _feature(dtype: str):
     return Value(dtype)
 
 
-def features():
-    """The explicit ``datasets.Features`` of a thermobench table."""
+def features(schema_version: str = SCHEMA_VERSION):
+    """The explicit ``datasets.Features`` of a thermobench table of this schema version."""
     from datasets import Features
 
-    return Features({c.name: _feature(c.dtype) for c in COLUMNS})
+    return Features({c.name: _feature(c.dtype) for c in SCHEMAS[schema_version]})
+
+
+def schema_version_of(folder: Path) -> str:
+    """The schema version of a dataset folder, read from its Parquet files' columns."""
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(next(Path(folder).glob("*/*.parquet"))).names)
+    for version, columns in SCHEMAS.items():
+        if names == {c.name for c in columns}:
+            return version
+    raise ValueError(f"{folder} has columns of no known thermobench schema ({', '.join(SCHEMAS)})")
 
 
 # ----------------------------------------------------------------------------------------------
 # Splits: deterministic, grouped by material
 
-OOD_TEST_FAMILIES = ("wurtzite", "antifluorite", "perovskite-tetragonal", "half-heusler", "hcp")
+OOD_TEST_FAMILIES = ("wurtzite", "antifluorite", "perovskite-tetragonal", "half-heusler", "hcp")  # thermobench-mini 0.1
 RANDOM_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+@dataclass(frozen=True)
+class OodHoldout:
+    """What the ``ood`` configuration puts in test: whole structure families, and every material that
+    contains an element of ``elements`` (a chemistry the training split never sees)."""
+
+    families: tuple[str, ...]
+    elements: tuple[str, ...] = ()
+    elements_name: str = ""
+
+    def holds_out(self, family: str, elements=()) -> bool:
+        return family in self.families or bool(set(elements) & set(self.elements))
+
+
+# Per dataset release (major.minor), so a release's splits never change when a later one is made.
+OOD_HOLDOUTS = {
+    "0.1": OodHoldout(OOD_TEST_FAMILIES),
+    "0.2": OodHoldout(("wurtzite", "half-heusler", "vacancy-ordered double perovskite", "layered (CdI2/MoS2-type)"),
+                      ("Cu", "Ag", "Au"), "coinage metals (group 11)"),
+}
+
+
+def ood_holdout(dataset_version: str) -> OodHoldout:
+    release = ".".join(str(dataset_version).split(".")[:2])
+    if release not in OOD_HOLDOUTS:
+        raise ValueError(f"no ood holdout defined for dataset version {dataset_version!r}; known: {', '.join(OOD_HOLDOUTS)}")
+    return OOD_HOLDOUTS[release]
 
 
 def _unit_hash(material_id: str, salt: str) -> float:
@@ -163,15 +227,15 @@ def _unit_hash(material_id: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_of(material_id: str, family: str, config: str, ood_test_families=OOD_TEST_FAMILIES) -> str:
+def split_of(material_id: str, family: str, config: str, elements=(), holdout: OodHoldout = OOD_HOLDOUTS["0.1"]) -> str:
     """Split of a material. A hash of its id decides, so a material's split never changes when the
-    dataset grows; ``ood`` puts whole families in test and draws validation from the rest."""
+    dataset grows; ``ood`` puts what ``holdout`` names in test and draws validation from the rest."""
     train, validation, _ = RANDOM_FRACTIONS
     if config == "random":
         u = _unit_hash(material_id, "random")
         return "train" if u < train else "validation" if u < train + validation else "test"
     if config == "ood":
-        if family in ood_test_families:
+        if holdout.holds_out(family, elements):
             return "test"
         return "validation" if _unit_hash(material_id, "ood") < validation / (train + validation) else "train"
     raise ValueError(f"unknown split configuration {config!r}; known: {', '.join(CONFIGS)}")
@@ -223,5 +287,5 @@ def load_dataset(name_or_path: str | os.PathLike = "thermobench-mini", split: st
         # so it is always read afresh.
         kwargs.setdefault("download_mode", "force_redownload")
         kwargs.setdefault("verification_mode", "no_checks")  # the cache's split sizes may be of an older build
-        kwargs.setdefault("features", features())
+        kwargs.setdefault("features", features(schema_version_of(Path(source))))
     return datasets.load_dataset(source, name=name, split=split, **kwargs)

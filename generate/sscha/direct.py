@@ -346,9 +346,11 @@ def run_sscha(
 
     status = status or unconverged_status(settings, n_stabilized)
     final_errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
+    sigma, sigma_error = anharmonicity_score(model, ensemble, stats.weights, fc_harmonic)
     return sscha_result(
         model, settings, "direct", converged, status, dynamical, centroids, fc_harmonic, final_errors, history,
-        sigma_A=anharmonicity_score(model, ensemble, stats.weights, fc_harmonic),
+        sigma_A=sigma,
+        sigma_A_error=sigma_error,
         n_potential_evaluations=evaluations,
         wall_time_s=time.perf_counter() - start,
     )
@@ -359,7 +361,7 @@ def sscha_result(
 ) -> SSCHAResult:
     """The result of a run ending at ``dynamical`` and ``centroids``: frequencies with their errors
     (``mode_errors_THz`` in the order of the sampled modes), harmonic instabilities, commensurate and
-    mesh frequencies; the free energy is the last step's. ``fields``: sigma_A,
+    mesh frequencies; the free energy is the last step's. ``fields``: sigma_A, sigma_A_error,
     n_potential_evaluations, wall_time_s."""
     from generate.harmonic import commensurate_qpoints
 
@@ -438,8 +440,9 @@ def sorted_frequencies_with_errors(model, dynamical, modes: Modes, mode_errors_T
     return frequencies[order], errors[order]
 
 
-def anharmonicity_score(model: SupercellModel, ensemble: Ensemble, weights, fc_harmonic) -> float:
-    """σᴬ = sqrt(Σ(f - f_harm)² / Σf²) over the (reweighted) ensemble, Knoop et al. PRM 4, 083809 (2020).
+def anharmonicity_score(model: SupercellModel, ensemble: Ensemble, weights, fc_harmonic) -> tuple[float, float]:
+    """σᴬ = sqrt(Σ(f - f_harm)² / Σf²) over the (reweighted) ensemble, Knoop et al. PRM 4, 083809 (2020),
+    and its stochastic error (delete-one jackknife over the independent antithetic pairs).
 
     f_harm = -Φ_harm u with u measured from the reference (static equilibrium) positions; the
     thermal ensemble is the SSCHA's Gaussian instead of molecular dynamics.
@@ -448,4 +451,14 @@ def anharmonicity_score(model: SupercellModel, ensemble: Ensemble, weights, fc_h
     u = (ensemble.centroids_A + ensemble.displacements_A - model.atoms.positions).reshape(n, -1)
     forces = ensemble.forces_eV_A.reshape(n, -1)
     harmonic = -u @ to_matrix(fc_harmonic).T
-    return float(np.sqrt(np.sum(weights[:, None] * (forces - harmonic) ** 2) / np.sum(weights[:, None] * forces**2)))
+    weights = np.asarray(weights, float)
+    numerator = weights * np.sum((forces - harmonic) ** 2, axis=1)
+    denominator = weights * np.sum(forces**2, axis=1)
+    value = float(np.sqrt(numerator.sum() / denominator.sum()))
+    n_pairs = n // 2
+    if n_pairs < 2:
+        return value, float("nan")
+    pair_num = numerator[: 2 * n_pairs].reshape(n_pairs, 2).sum(axis=1)
+    pair_den = denominator[: 2 * n_pairs].reshape(n_pairs, 2).sum(axis=1)
+    left_out = np.sqrt((numerator.sum() - pair_num) / (denominator.sum() - pair_den))
+    return value, float(np.sqrt((n_pairs - 1) / n_pairs * np.sum((left_out - left_out.mean()) ** 2)))

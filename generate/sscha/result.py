@@ -136,6 +136,7 @@ class SSCHAResult:
     mesh_weights: np.ndarray
     mesh_frequencies_THz: np.ndarray
     surrogate: SurrogateReport | None = None
+    sigma_A_error: float = float("nan")  # stochastic (jackknife over antithetic pairs)
     phonon: object = field(default=None, repr=False)  # phonopy.Phonopy with the SSCHA force constants
 
     @property
@@ -156,6 +157,7 @@ class SSCHAResult:
             "free_energy_eV_atom": self.free_energy_eV_atom,
             "free_energy_error_eV_atom": self.free_energy_error_eV_atom,
             "sigma_A": self.sigma_A,
+            "sigma_A_error": self.sigma_A_error,
             "n_potential_evaluations": self.n_potential_evaluations,
             "history": [asdict(s) for s in self.history],
             "seed": self.seed,

@@ -254,12 +254,13 @@ def solve_on_surrogate(
         n_corrections=n_corrections,
         last_correction_THz=last_step,
     )
-    sigma_a = anharmonicity_score(model, real, np.full(len(real.energies_eV), 1.0 / len(real.energies_eV)), fc_harmonic)
+    sigma_a, sigma_a_error = anharmonicity_score(model, real, np.full(len(real.energies_eV), 1.0 / len(real.energies_eV)), fc_harmonic)
     changes = dict(
         backend="surrogate",
         n_potential_evaluations=evaluations,
         surrogate=report,
         sigma_A=sigma_a,
+        sigma_A_error=sigma_a_error,
         wall_time_s=time.perf_counter() - start,
     )
     if surrogate.correct:

@@ -67,7 +67,7 @@ def compute_material(material: Material, settings: dict, device: str = "cpu", po
         "host": os.uname().nodename,
     }
     try:
-        rows, dft = _compute_rows(material, settings, device, potential, start)
+        rows = _compute_rows(material, settings, device, potential, start)
     except BaseException as error:  # noqa: BLE001 - the record must say what happened, whatever it was
         if isinstance(error, KeyboardInterrupt | SystemExit):
             raise
@@ -82,8 +82,7 @@ def compute_material(material: Material, settings: dict, device: str = "cpu", po
             "wall_time_s": time.time() - start,
             "finished": time.time(),
         }
-    extra = {"dft_harmonic": dft} if dft is not None else {}
-    return {**base, "status": "ok", "rows": rows, **extra, "wall_time_s": time.time() - start, "finished": time.time()}
+    return {**base, "status": "ok", "rows": rows, "wall_time_s": time.time() - start, "finished": time.time()}
 
 
 def _stage(name: str, function: Callable, *args, **kwargs):
@@ -275,7 +274,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
         for key, value in row.items():
             if isinstance(value, float) and not np.isfinite(value):
                 raise StageError("record", ValueError(f"{key} = {value} at {row['temperature_K']} K is not finite"))
-    return rows, dft
+    return rows
 
 
 def sscha_supercells(atoms, supercell: dict, harmonic: dict) -> tuple[np.ndarray, np.ndarray]:

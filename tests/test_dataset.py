@@ -147,10 +147,63 @@ def test_embedded_dataset_loads_with_declared_features_and_clean_splits(config):
                 elif isinstance(value, float):
                     assert math.isfinite(value), column.name
             for target, reason in NULL_REASONS.items():
-                assert row[target] is not None or row[reason], f"{target} null without reason"
+                if target in row:  # the reasons of the schema the dataset was made with
+                    assert row[target] is not None or row[reason], f"{target} null without reason"
             assert json.loads(row["settings_json"])["potential"] == row["potential"]
             assert len(row["renormalized_frequencies_THz"]) == 3 * row["n_supercell_atoms"]
     if config == "ood" and "test" in loaded:
         assert set(loaded["test"]["family"]) <= set(OOD_TEST_FAMILIES)
     card = (MINI / "README.md").read_text()
     assert card.startswith("---\n") and "configs:" in card and "python -m generate" in card
+
+
+RELEASE = EMBEDDED["thermobench-0.2"]
+
+
+@pytest.mark.skipif(not (RELEASE / "README.md").is_file(), reason="thermobench-0.2 not assembled in this checkout")
+@pytest.mark.parametrize("config", CONFIGS)
+def test_release_0_2_schema_splits_null_reasons_and_dft_columns(config):
+    import numpy as np
+
+    from generate.harmonic import mesh_frequency_mae
+    from thermobench import phonondb
+    from thermobench.dataset import COLUMN_NAMES, SCHEMA_VERSION, ood_holdout
+
+    loaded = load_dataset("thermobench-0.2", name=config)
+    assert schema_version_of(RELEASE) == SCHEMA_VERSION
+    holdout = ood_holdout("0.2")
+    owner = {}
+    for split, dataset in loaded.items():
+        assert dataset.features == features() and list(dataset.column_names) == list(COLUMN_NAMES)
+        for row in dataset:
+            assert owner.setdefault(row["material_id"], split) == split, f"{row['material_id']} in two splits"
+            for column in COLUMNS:
+                value = row[column.name]
+                assert value is not None or column.nullable, column.name
+                assert not isinstance(value, float) or math.isfinite(value), column.name
+            for target, reason in NULL_REASONS.items():
+                assert row[target] is not None or row[reason], f"{target} null without reason"
+            if config == "ood":
+                assert (split == "test") == holdout.holds_out(row["family"], row["elements"]), row["material_id"]
+            # Ground truth beside the label: recomputed from the row's own DFT and potential frequencies.
+            if row["source"] == "phonondb":
+                assert row["phonondb_split"] == phonondb.split_of(row["source_id"])
+                dft, potential = np.array(row["dft_mesh_frequencies_THz"]), np.array(row["harmonic_mesh_frequencies_THz"])
+                assert dft.shape == potential.shape
+                mae = mesh_frequency_mae(dft, potential, row["mesh_weights"])
+                assert row["potential_dft_mae_THz"] == pytest.approx(mae, rel=1e-9)
+                assert row["dft_dynamically_stable"] == bool(dft.min() >= -row["imaginary_tolerance_THz"])
+            # Targets: convergence means every frequency within target and no floor; floor rows say so.
+            if row["sscha_converged"]:
+                assert row["frequency_error_THz"] <= row["frequency_error_target_THz"] * (1 + 1e-9)
+            assert row["at_stabilization_floor"] == (row["n_stabilized_modes"] > 0)
+            if row["at_stabilization_floor"]:
+                assert not row["sscha_converged"] and "stabilization floor" in row["sscha_status"]
+            # Mode pairing permutes each q-point's renormalized spectrum; it never invents a frequency.
+            matched = np.sort(np.array(row["renormalized_commensurate_frequencies_matched_THz"]), axis=1)
+            np.testing.assert_allclose(matched, np.array(row["renormalized_commensurate_frequencies_THz"]), atol=1e-5)
+            assert 0 < row["min_mode_overlap"] <= 1 + 1e-9
+            assert row["sigma_A_error"] is None or row["sigma_A_error"] >= 0
+    card = (RELEASE / "README.md").read_text()
+    assert "Label fidelity" in card and "figures/targets_by_family_and_element.png" in card
+    assert (RELEASE / "figures" / "targets_by_family_and_element.png").is_file()

@@ -206,10 +206,10 @@ def test_a_supercell_in_another_atom_order_is_carried_over(tmp_path):
     np.testing.assert_allclose(permuted.get_mesh_dict()["frequencies"], original.get_mesh_dict()["frequencies"], atol=1e-4)
 
 
-def test_phonondb_records_carry_the_dft_harmonic_frequencies(tmp_path, shared):
-    """A phonondb crystal's record holds phonondb's DFT frequencies on the rows' own q-points (checked
-    against phonopy's mesh of the same archive, 1e-6 THz) and the potential's harmonic MAE against
-    them, recomputed here from the row (1e-9 THz)."""
+def test_phonondb_rows_carry_the_dft_harmonic_frequencies(tmp_path, shared):
+    """A phonondb crystal's rows hold phonondb's DFT frequencies on their own q-points (checked
+    against phonopy's mesh of the same archive, 1e-6 THz), the potential's harmonic MAE against
+    them, recomputed here from the row (1e-9 THz), both stability verdicts and the phonondb split."""
     import json
 
     from generate.pipeline import run
@@ -224,15 +224,16 @@ def test_phonondb_records_carry_the_dft_harmonic_frequencies(tmp_path, shared):
     (path,) = out.glob("*/records/*.json")
     record = json.loads(path.read_text())
     (row,) = record["rows"]
-    dft = record["dft_harmonic"]
-    assert dft["source"] == "phonondb" and dft["source_id"] == "mp-149" and dft["dft_stable"]
+    assert row["source"] == "phonondb" and row["source_id"] == "mp-149" and row["dft_dynamically_stable"]
+    assert row["phonondb_split"] == "train" and row["dft_null_reason"] is None and row["family"] == "elemental nonmetals"
     reference = load_dft_dataset(FIXTURES / "materials-id-149-si-fd-3m-227.tar.lzma")
     reference.nac_params = None
     reference.run_mesh(row["q_mesh"], is_gamma_center=True)
     mesh = reference.get_mesh_dict()
     np.testing.assert_allclose(row["mesh_qpoints"], mesh["qpoints"], atol=1e-12)
-    np.testing.assert_allclose(dft["mesh_frequencies_THz"], mesh["frequencies"], atol=1e-6)
+    np.testing.assert_allclose(row["dft_mesh_frequencies_THz"], mesh["frequencies"], atol=1e-6)
+    assert row["dft_min_frequency_THz"] == pytest.approx(mesh["frequencies"].min(), abs=1e-6)
     weights = np.asarray(row["mesh_weights"], float)
     mae = weights @ np.abs(np.asarray(row["harmonic_mesh_frequencies_THz"]) - mesh["frequencies"]).mean(axis=1) / weights.sum()
-    assert dft["harmonic_mae_THz"] == pytest.approx(mae, abs=1e-9)
-    assert dft["harmonic_mae_THz"] > 0.5  # M3GNet-MP is far too soft for Si (optical Γ 10.5 vs 15.3 THz in DFT)
+    assert row["potential_dft_mae_THz"] == pytest.approx(mae, abs=1e-9)
+    assert row["potential_dft_mae_THz"] > 0.5  # M3GNet-MP is far too soft for Si (optical Γ 10.5 vs 15.3 THz in DFT)

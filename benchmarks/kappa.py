@@ -166,8 +166,9 @@ def markdown(report: dict, command: str) -> str:
     for r in report["materials"]:
         if r.get("dft_same_settings"):
             d = r["dft_same_settings"]
-            lines += ["", f"{r['material']}: DFT κ recomputed from `{d['file']}` with this pipeline: {_fmt(d['11_no_nac'])} W/(m·K) "
-                      f"(11x11x11, no NAC; the DFT column), {_fmt(d['14_nac'])} W/(m·K) on 14x14x14 with NAC."]
+            text = (f"{r['material']}: DFT κ recomputed from `{d['file']}` with this pipeline: {_fmt(d['11_no_nac'])} W/(m·K) "
+                    f"(11x11x11, no NAC; the DFT column), {_fmt(d['14_nac'])} W/(m·K) on 14x14x14 with NAC.")
+            lines += ["", text]
     lines += ["", "Symfc fit minus finite displacements (relative κ difference):", ""]
     for r in report["materials"]:
         d = r["fit_minus_fd_relative"]

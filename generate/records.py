@@ -197,9 +197,9 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
         n_floor = n_at_floor(result, floor)
         meets_target = target is None or result.max_frequency_error_THz <= target * (1 + 1e-9)
         status = result.status if not n_floor else (
-            f"{result.status}; {n_floor} mode(s) held at the stabilization floor of {floor} THz: the SCHA wants them "
-            "softer (a structural instability of this cell at this T, or an artefact of the potential); their "
-            "frequencies and this row's targets are bounds, not solutions")
+            f"{result.status}; final auxiliary system: {n_floor} mode(s) at the {floor} THz floor, where the SCHA wants "
+            "them softer (a structural instability of this cell at this T, or an artefact of the potential): the "
+            "row's frequencies and targets are bounds, not solutions")
         rows.append(
             {
                 **identity,

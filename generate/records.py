@@ -134,9 +134,8 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     dft = _stage("dft", dft_comparison, material, large, tolerance)
     harm_comm = np.asarray(harmonic.commensurate_frequencies_THz)
 
-    engine = sscha_engine(settings)
-    results = _stage("sscha", engine.run, cell, loaded.model, matrix, [sscha_settings(settings, t) for t in temperatures],
-                     harmonic=(fc_harmonic, 0))
+    results, floor, raised = _stage("sscha", sscha_with_floor, sscha_engine(settings), cell, loaded.model, matrix,
+                                    [sscha_settings(settings, t) for t in temperatures], (fc_harmonic, 0))
     harmonic_super = results[0].harmonic_supercell_frequencies_THz
     ren_meshes = _stage("embedding", _embedded_meshes, cell, matrix, harmonic, large, results, symprec)
 
@@ -181,7 +180,6 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     rows = []
     wall = time.time() - start
     target = sscha_settings(settings, temperatures[0]).frequency_error_target_THz
-    floor = float(sscha_settings(settings, temperatures[0]).min_frequency_THz)
     for temperature, result, kappa, ren_mesh, (harm_pairs, ren_pairs, overlaps), (sigma_cl, sigma_cl_error) in zip(
         temperatures, results, kappas, ren_meshes, matched, classical, strict=True
     ):
@@ -196,10 +194,10 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
         mean_shift, max_shift, n_shift, shift_reason = frequency_shifts(harm_pairs, ren_pairs, n_imag, shift_min)
         n_floor = n_at_floor(result, floor)
         meets_target = target is None or result.max_frequency_error_THz <= target * (1 + 1e-9)
-        status = result.status if not n_floor else (
-            f"{result.status}; final auxiliary system: {n_floor} mode(s) at the {floor} THz floor, where the SCHA wants "
+        status = result.status + (f"; {raised}" if raised else "") + ("" if not n_floor else (
+            f"; final auxiliary system: {n_floor} mode(s) at the {floor} THz floor, where the SCHA wants "
             "them softer (a structural instability of this cell at this T, or an artefact of the potential): the "
-            "row's frequencies and targets are bounds, not solutions")
+            "row's frequencies and targets are bounds, not solutions"))
         rows.append(
             {
                 **identity,
@@ -335,6 +333,36 @@ def _dft_columns(material: Material, dft: dict | None) -> dict:
     return {"phonondb_split": split_of(material.source_id), "dft_mesh_frequencies_THz": dft["mesh_frequencies_THz"],
             "potential_dft_mae_THz": dft["harmonic_mae_THz"], "dft_min_frequency_THz": dft["min_frequency_THz"],
             "dft_dynamically_stable": dft["dft_stable"], "dft_null_reason": None}
+
+
+RAISED_FLOORS_THZ = (1.0, 2.0)  # stabilization floors tried when the configured one throws atoms onto each other
+
+
+def sscha_with_floor(engine, cell, model, matrix, per_temperature: list, harmonic) -> tuple[list, float, str | None]:
+    """The engine's SSCHA results, with the stabilization floor raised (:data:`RAISED_FLOORS_THZ`) when an
+    ensemble puts two atoms closer than the potential accepts.
+
+    A mode held at a low floor in a soft-mode crystal (a cubic perovskite below its transition) gets a
+    Gaussian amplitude of the order of an ångström (⟨u²⟩ = k_B T / m ω² classically), so its
+    configurations overlap atoms: the Gaussian ansatz has left its domain, not the crystal. A higher
+    floor bounds the amplitude (4× smaller variance per doubling); the rows then say the floor was
+    raised, and any mode that ends at it is flagged. Returns (results, floor used, status note or None).
+    """
+    from thermobench.potentials import OverlappingAtomsError
+
+    floor = float(per_temperature[0].min_frequency_THz)
+    last = None
+    for used in (floor, *(f for f in RAISED_FLOORS_THZ if f > floor)):
+        settings = [replace(s, min_frequency_THz=used) for s in per_temperature]
+        try:
+            results = engine.run(cell, model, matrix, settings, harmonic=harmonic)
+        except OverlappingAtomsError as error:
+            last = error
+            continue
+        note = None if last is None else (f"stabilization floor raised from {floor} to {used} THz: with a lower one an "
+                                          f"ensemble overlapped atoms ({last})")
+        return results, used, note
+    raise last
 
 
 def n_at_floor(result, floor_THz: float) -> int:

@@ -140,3 +140,35 @@ def test_balanced_order_interleaves_families_smallest_cells_first():
         n = primitive_atoms(e.n_unitcell, e.spacegroup_number)
         assert n >= sizes.get(f, 0)
         sizes[f] = n
+
+
+def test_floor_is_raised_when_an_ensemble_overlaps_atoms():
+    from generate.records import RAISED_FLOORS_THZ, sscha_with_floor
+    from thermobench.potentials import OverlappingAtomsError
+
+    class SoftModeEngine:
+        """Overlaps atoms below a 1 THz floor, as a soft-mode perovskite's 0.5 THz floor does."""
+
+        def __init__(self):
+            self.floors = []
+
+        def run(self, cell, model, matrix, settings, harmonic=None):
+            self.floors.append(settings[0].min_frequency_THz)
+            if settings[0].min_frequency_THz < 1.0:
+                raise OverlappingAtomsError("structure 3: atoms 8 (Ti) and 20 (O) are 0.361 A apart, closer than 0.5 A")
+            return [f"result at {s.temperature_K} K" for s in settings]
+
+    engine = SoftModeEngine()
+    per_temperature = [SSCHASettings(temperature_K=t) for t in (100.0, 300.0)]
+    results, floor, note = sscha_with_floor(engine, None, None, None, per_temperature, None)
+    assert engine.floors == [0.5, 1.0] and floor == 1.0 == RAISED_FLOORS_THZ[0]
+    assert results == ["result at 100.0 K", "result at 300.0 K"]
+    assert "raised from 0.5 to 1.0 THz" in note and "Ti" in note
+    assert sscha_with_floor(SoftModeEngine(), None, None, None, [SSCHASettings(min_frequency_THz=1.0)], None)[2] is None
+
+    class AlwaysOverlapping(SoftModeEngine):
+        def run(self, cell, model, matrix, settings, harmonic=None):
+            raise OverlappingAtomsError("atoms 1 and 2 are 0.1 A apart")
+
+    with pytest.raises(OverlappingAtomsError):  # the material fails with the reason once every floor was tried
+        sscha_with_floor(AlwaysOverlapping(), None, None, None, per_temperature, None)

@@ -45,6 +45,10 @@ class UnsupportedStructureError(ValueError):
     """A structure the potential cannot evaluate (no cell, overlapping atoms, unknown element)."""
 
 
+class OverlappingAtomsError(UnsupportedStructureError):
+    """Two atoms closer than MIN_INTERATOMIC_DISTANCE_A (e.g. a thermal ensemble drawn too wide)."""
+
+
 def _is_model_dir(path: Path) -> bool:
     return path.is_dir() and all((path / name).is_file() for name in _MODEL_FILES)
 
@@ -162,7 +166,7 @@ def check_structure(atoms: Atoms, element_types: Sequence[str], label: str = "st
     i, j, d = neighbor_list("ijd", atoms, MIN_INTERATOMIC_DISTANCE_A)
     if len(d):
         k = int(np.argmin(d))
-        raise UnsupportedStructureError(
+        raise OverlappingAtomsError(
             f"{label}: atoms {i[k]} ({atoms[i[k]].symbol}) and {j[k]} ({atoms[j[k]].symbol}) are {d[k]:.3f} A "
             f"apart, closer than {MIN_INTERATOMIC_DISTANCE_A} A"
         )

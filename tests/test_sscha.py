@@ -454,3 +454,26 @@ def test_modes_wanting_to_be_softer_than_the_floor_are_reported_not_converged():
     assert not result.converged
     assert "24 modes held at the stabilization floor" in result.status
     np.testing.assert_allclose(result.supercell_frequencies_THz, 1.5 * expected, rtol=1e-6)
+
+
+def test_a_surrogate_that_will_be_rejected_is_not_verified_further(quartic_bond_crystal):
+    """Above the engine's force-error threshold the verification ensemble is not grown and no correction
+    step is taken: the engine discards the result for the direct engine's anyway."""
+    from dataclasses import replace as replaced
+
+    from generate.sscha import run_sscha_surrogate_temperatures
+
+    _, _, exact = quartic_bond_crystal
+    atoms = bulk("Ar", "fcc", a=FCC["a"])
+    settings = SSCHASettings(temperature_K=300.0, n_configurations=400, q_mesh=(2, 2, 2), frequency_error_target_THz=0.02)
+    calculator = QuarticBonds(supercell_model(atoms, SUPERCELL, settings).atoms, 1.0, 20.0, cutoff_A=1.1 * FCC["nearest_A"])
+    # Fourth order on-site only: the bond quartics are not representable, so verification has work to do.
+    inexact = replaced(exact, cutoffs_A=(1.2 * FCC["nearest_A"], 1.2 * FCC["nearest_A"], 0.6 * FCC["nearest_A"]))
+    (full,) = run_sscha_surrogate_temperatures(atoms, calculator, SUPERCELL, [settings], inexact)
+    assert full.surrogate.verification_relative_force_error > 0.01
+    assert full.surrogate.n_verification > inexact.n_verification or full.surrogate.n_corrections > 1
+    # A threshold below that error: the give-up path (a zero threshold would do too).
+    threshold = full.surrogate.verification_relative_force_error / 2
+    (given_up,) = run_sscha_surrogate_temperatures(atoms, calculator, SUPERCELL, [settings], inexact, give_up_above=threshold)
+    assert given_up.surrogate.n_verification == inexact.n_verification and given_up.surrogate.n_corrections == 1
+    assert given_up.n_potential_evaluations < full.n_potential_evaluations

@@ -71,7 +71,8 @@ class SurrogateEngine:
             harmonic: tuple[np.ndarray, int] | None = None) -> list[SSCHAResult]:
         out = []
         for one, result in zip(settings, run_sscha_surrogate_temperatures(
-                atoms, potential, supercell_matrix, settings, self.surrogate, harmonic), strict=True):
+                atoms, potential, supercell_matrix, settings, self.surrogate, harmonic, self.max_relative_force_error),
+                strict=True):
             reasons = self.rejection(result)
             report = result.surrogate
             if not reasons:

@@ -295,9 +295,14 @@ class Verification:
     n_new: int  # configurations the potential evaluated for this verification
 
 
+def relative_force_error(forces, surrogate_forces) -> float:
+    """rmse of the surrogate's forces over the rms of the potential's."""
+    return float(np.sqrt(np.mean((surrogate_forces - forces) ** 2)) / np.sqrt(np.mean(forces**2)))
+
+
 def verify_surrogate(
     model, potential, expansion, dynamical, centroids_A, harmonic_dynamical, settings, surrogate, rng, target_THz,
-    refit_threshold_THz=None, surrogate_gradient=None, reuse: Ensemble | None = None,
+    refit_threshold_THz=None, surrogate_gradient=None, reuse: Ensemble | None = None, give_up_above: float | None = None,
 ):
     """Evaluate a fresh ensemble of ``dynamical`` with both and move D by the difference of the gradients.
 
@@ -311,6 +316,8 @@ def verify_surrogate(
     surrogate's own minimum (a later correction step); the potential's gradient is then that plus
     the sampled difference. ``reuse``: an ensemble of a nearby D, reweighted to this one (no new
     potential evaluations) unless its effective sample fraction falls below ``settings.ess_threshold``.
+    ``give_up_above``: stop growing once the relative force error (rmse / rms of the potential's forces)
+    exceeds it: the result will be rejected whatever its precision.
     """
     modes = gaussian_modes(model, dynamical, settings)
     surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
@@ -337,6 +344,8 @@ def verify_surrogate(
         shift = np.abs(signed_mode_frequencies_THz(model, corrected) - surrogate_frequencies)
         size = len(ensemble.energies_eV)
         if target_THz is None or errors.max() <= target_THz or size >= surrogate.max_verification:
+            break
+        if give_up_above is not None and relative_force_error(ensemble.forces_eV_A, forces_s) > give_up_above:
             break
         if refit_threshold_THz is not None and (shift - 3 * errors).max() > refit_threshold_THz:
             break

@@ -27,6 +27,7 @@ from generate.sscha.surrogate import (
     SurrogateBasis,
     SurrogateSettings,
     fit_surrogate,
+    relative_force_error,
     run_scha_on_expansion,
     scha_point,
     signed_mode_frequencies_THz,
@@ -118,11 +119,14 @@ def run_sscha_surrogate_temperatures(
     settings: list[SSCHASettings],
     surrogate: SurrogateSettings = SurrogateSettings(),
     harmonic: tuple[np.ndarray, int] | None = None,
+    give_up_above: float | None = None,
 ) -> list[SSCHAResult]:
     """The SSCHA at several temperatures (one ``SSCHASettings`` each) from one surrogate fit, trained
     at the highest; temperatures are solved from the highest down, each starting from the Φ of the
     one above. Each result is verified at its own temperature; the training cost is counted in the
-    highest temperature's ``n_potential_evaluations`` and wall time. Results come in the given order."""
+    highest temperature's ``n_potential_evaluations`` and wall time. Results come in the given order.
+    ``give_up_above``: a relative force error above which a temperature's verification stops early (see
+    :func:`solve_on_surrogate`)."""
     start = time.perf_counter()
     order = sorted(range(len(settings)), key=lambda k: -settings[k].temperature_K)
     fit, evaluations = train_surrogate(atoms, potential, supercell_matrix, settings[order[0]], surrogate, harmonic)
@@ -130,7 +134,7 @@ def run_sscha_surrogate_temperatures(
     results: dict[int, SSCHAResult] = {}
     initial = None
     for rank, k in enumerate(order):
-        result = solve_on_surrogate(fit, atoms, potential, supercell_matrix, settings[k], surrogate, initial)
+        result = solve_on_surrogate(fit, atoms, potential, supercell_matrix, settings[k], surrogate, initial, give_up_above)
         if rank == 0:
             result = replace(result, n_potential_evaluations=result.n_potential_evaluations + evaluations,
                              wall_time_s=result.wall_time_s + training_s)
@@ -147,6 +151,7 @@ def solve_on_surrogate(
     settings: SSCHASettings,
     surrogate: SurrogateSettings,
     initial_force_constants: np.ndarray | None = None,
+    give_up_above: float | None = None,
 ) -> SSCHAResult:
     """The SSCHA at ``settings.temperature_K`` on the surrogate, verified with the potential.
 
@@ -162,6 +167,10 @@ def solve_on_surrogate(
        step moves no frequency by more than ``correction_tolerance_THz``; F gets ⟨V - V_surrogate⟩; the
        reported errors combine the surrogate run's and the verification's. ``n_potential_evaluations``
        counts the verification calls; the surrogate's own count is in the report.
+
+    ``give_up_above``: when the fit's forces are off by more than this relative error (the
+    threshold at which the caller rejects the surrogate), its verification ensemble is not grown and
+    no correction steps are taken: precision spent on a result that will be discarded is wasted.
     """
     from generate.harmonic import commensurate_qpoints
 
@@ -198,6 +207,7 @@ def solve_on_surrogate(
             model, potential, fit.expansion, dynamical, centroids, harmonic_dynamical, settings, surrogate, rng,
             None if target is None else target if analytic else target * np.sqrt(3) / 2,
             refit_threshold_THz=surrogate.refit_threshold_THz if attempt < surrogate.max_refits else None,
+            give_up_above=give_up_above,
         )
         evaluations += check.n_new
         surrogate_frequencies = signed_mode_frequencies_THz(model, dynamical)
@@ -215,7 +225,9 @@ def solve_on_surrogate(
     # the potential's gradient there is the surrogate's exact one plus the sampled (low-noise) difference.
     surrogate_free_energy = result.free_energy_eV_atom
     last_step, n_corrections = float(np.abs(shift).max()), 1
-    while surrogate.correct and analytic and n_corrections < surrogate.max_corrections and last_step > surrogate.correction_tolerance_THz:
+    hopeless = give_up_above is not None and relative_force_error(check.ensemble.forces_eV_A, check.surrogate_forces_eV_A) > give_up_above
+    while (surrogate.correct and analytic and not hopeless and n_corrections < surrogate.max_corrections
+           and last_step > surrogate.correction_tolerance_THz):
         dynamical, _ = stabilize(model, check.corrected_dynamical, settings.min_frequency_THz)
         free_energy, gradient, _ = scha_point(model, fit.expansion, dynamical, centroids, settings)
         check = verify_surrogate(model, potential, fit.expansion, dynamical, centroids, harmonic_dynamical, settings,
@@ -243,7 +255,7 @@ def solve_on_surrogate(
         training_force_rmse_eV_A=float(fit.optimizer.rmse_train),
         n_verification=len(real.energies_eV),
         verification_force_rmse_eV_A=rmse,
-        verification_relative_force_error=rmse / float(np.sqrt(np.mean(real.forces_eV_A**2))),
+        verification_relative_force_error=relative_force_error(real.forces_eV_A, check.surrogate_forces_eV_A),
         max_frequency_difference_THz=float(np.abs(shift).max()),
         frequency_difference_error_THz=float(check.difference_errors_THz.max()),
         free_energy_difference_eV_atom=check.free_energy_difference_eV / model.n_atoms,

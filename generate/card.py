@@ -28,6 +28,16 @@ def _configs_yaml(dicts) -> str:
     return "\n".join(lines)
 
 
+def _coverage(manifest: dict, ok: list[dict], failed: list[dict]) -> str:
+    """How far the run has come: finished and failed materials against those its source lists."""
+    requested = max((int(run.get("n_requested", 0)) for run in manifest["runs"]), default=0)
+    done = len(ok) + len(failed)
+    if requested <= done:
+        return f"All {requested} materials of the run's source were attempted."
+    return (f"**In progress:** {len(ok)} finished and {len(failed)} failed of the {requested} materials the run's source "
+            f"lists ({done / requested:.1%} attempted); the run is resumable and these files are re-assembled as it grows.")
+
+
 def _holdout_text(holdout) -> str:
     text = f"whole structure families held out for test ({', '.join(holdout.families)})"
     if holdout.elements:
@@ -96,6 +106,8 @@ One row per (material, temperature): {len(rows)} rows. Made by the `thermobench`
 (`python -m generate`, then `python -m generate.assemble`); schema version {SCHEMA_VERSION}.
 
 Structure families (materials): {family_list}.
+
+{_coverage(manifest, ok, failed)}
 
 **These are potential-level numbers, not DFT or experiment**: they show what {potential} predicts
 with the settings below, and are meant for benchmarking models that learn temperature-dependent

@@ -195,8 +195,8 @@ def test_pipeline_columns_with_sscha_results():
         run_sscha(atoms, EMT(), [2, 2, 2], SSCHASettings(temperature_K=t, n_configurations=100, max_steps=10, seed=0))
         for t in (300.0, 800.0)
     ]
-    rows = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results,
-                                  {"enabled": True, "q_mesh": [5, 5, 5], "fc3_cutoff_A": 3.0})
+    cfg = {"enabled": True, "q_mesh": [5, 5, 5], "fc3_cutoff_A": 3.0}
+    rows = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0, 800.0]})
     assert len(rows) == 2
     for row in rows:
         assert set(row) == {"kappa_harmonic_W_mK", "kappa_renormalized_W_mK", "kappa_ratio", "kappa_null_reason"}
@@ -204,6 +204,10 @@ def test_pipeline_columns_with_sscha_results():
         assert row["kappa_ratio"] == pytest.approx(row["kappa_renormalized_W_mK"] / row["kappa_harmonic_W_mK"])
         assert 0.2 < row["kappa_ratio"] < 5
     assert rows[1]["kappa_harmonic_W_mK"] < rows[0]["kappa_harmonic_W_mK"]
+    # Only the listed temperatures cost a phono3py run; the others say why they are null. Same FC3, same κ.
+    only_300 = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0]})
+    assert only_300[0] == pytest.approx(rows[0])
+    assert only_300[1]["kappa_ratio"] is None and "kappa.temperatures_K = [300.0]" in only_300[1]["kappa_null_reason"]
 
 
 def test_cli_writes_json(tmp_path):

@@ -26,27 +26,35 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
 
     FC2s are the pipeline's own (harmonic and SSCHA, in ``supercell_matrix``); FC3 is computed once
     in ``cfg["fc3_supercell_matrix"]`` (default: the same supercell). κ is the isotropic average.
+    κ is computed at the SSCHA temperatures listed in ``cfg["temperatures_K"]`` (all of them when the key
+    is absent): each renormalized FC2 costs a full phono3py run, minutes for a 10-atom cell on 11³.
     """
     values = {k: v for k, v in dict(cfg).items() if k != "enabled"}
     if values.get("fc3_supercell_matrix") is None:
         values["fc3_supercell_matrix"] = np.asarray(supercell_matrix).tolist()
-    values["temperatures_K"] = [float(r.temperature_K) for r in results]
+    wanted = [float(t) for t in values.get("temperatures_K") or [r.temperature_K for r in results]]
+    chosen = [r for r in results if any(abs(r.temperature_K - t) < 1e-9 for t in wanted)]
+    skipped = {"kappa_harmonic_W_mK": None, "kappa_renormalized_W_mK": None, "kappa_ratio": None,
+               "kappa_null_reason": f"not computed at this temperature (kappa.temperatures_K = {wanted})"}
+    if not chosen:
+        return [dict(skipped) for _ in results]
+    values["temperatures_K"] = [float(r.temperature_K) for r in chosen]
     settings = settings_from_dict(values)
     result = compute_kappa(
         cell, model, settings,
-        fc2_renormalized={float(r.temperature_K): r.force_constants_eV_A2 for r in results},
-        fc2_supercell=results[0].supercell,
-        fc2_harmonic=results[0].harmonic_force_constants_eV_A2,
+        fc2_renormalized={float(r.temperature_K): r.force_constants_eV_A2 for r in chosen},
+        fc2_supercell=chosen[0].supercell,
+        fc2_harmonic=chosen[0].harmonic_force_constants_eV_A2,
     )
-    rows = []
-    harmonic_kappa = (result.harmonic.kappa_average_W_mK if result.harmonic else None) or [None] * len(results)
-    renormalized_kappa = (result.renormalized.kappa_average_W_mK if result.renormalized else None) or [None] * len(results)
-    for k in range(len(settings.temperatures_K)):
+    harmonic_kappa = (result.harmonic.kappa_average_W_mK if result.harmonic else None) or [None] * len(chosen)
+    renormalized_kappa = (result.renormalized.kappa_average_W_mK if result.renormalized else None) or [None] * len(chosen)
+    by_temperature = {}
+    for k, r in enumerate(chosen):
         ratio = result.kappa_ratio[k]
-        rows.append({
+        by_temperature[id(r)] = {
             "kappa_harmonic_W_mK": harmonic_kappa[k],
             "kappa_renormalized_W_mK": renormalized_kappa[k],
             "kappa_ratio": ratio,
             "kappa_null_reason": None if ratio is not None else (result.kappa_ratio_null_reason or result.reason),
-        })
-    return rows
+        }
+    return [by_temperature.get(id(r), dict(skipped)) for r in results]

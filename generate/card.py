@@ -322,7 +322,9 @@ def figure_section(rows: list[dict], out_folder: Path) -> str:
             if group == "elements":
                 names = [n for n in names if len(values[n]) >= 2] or names
             if names:
-                ax.boxplot([values[n] for n in names], vert=False, showfliers=True)
+                ax.boxplot([values[n] for n in names], vert=False, showfliers=False)
+                for position, n in enumerate(names, start=1):  # every material as a dot: groups are small
+                    ax.plot(values[n], [position] * len(values[n]), "o", ms=3, alpha=0.6, color="tab:blue")
                 ax.set_yticks(range(1, len(names) + 1), [f"{n} ({len(values[n])})" for n in names], fontsize=6 if len(names) > 25 else 8)
             ax.set_xlabel(f"{label} at {at_300[0]['temperature_K']:g} K")
             ax.set_title(f"by {'structure family' if group == 'family' else 'element (materials containing it)'}")
@@ -330,5 +332,5 @@ def figure_section(rows: list[dict], out_folder: Path) -> str:
     fig.savefig(figures / "targets_by_family_and_element.png", dpi=110)
     plt.close(fig)
     return ("## Figures\n\n![σᴬ and κ ratio by family and element](figures/targets_by_family_and_element.png)\n\n"
-            "Boxes: quartiles over materials; numbers: materials in the group; elements seen in a single material are left out "
+            "Boxes: quartiles over materials, dots: the materials; numbers: materials in the group; elements seen in a single material are left out "
             "when others exist.")

@@ -149,7 +149,8 @@ def test_phonondb_source_filters_and_gives_the_dft_cell():
     assert abs(np.sqrt(2) * atoms.cell.lengths()[0] - 5.4346) < 1e-3
     assert [m.source_id for m in phonondb_source(FIXTURES, spacegroups=[194])] == ["mp-568273"]
     assert [m.source_id for m in phonondb_source(FIXTURES, elements={"Na", "Cl", "Si"})] == ["mp-149", "mp-22862"]
-    assert [m.family for m in phonondb_source(FIXTURES, families=["halides"])] == ["halides", "halides"]
+    # filtered by chemistry, labelled by structure family (thermobench.prototypes)
+    assert [m.family for m in phonondb_source(FIXTURES, families=["halides"])] == ["rocksalt", "other halides"]
     assert len(phonondb_source(FIXTURES, only_dft_stable=True, limit=2)) == 2
     with pytest.raises(KeyError, match="mp-0"):
         phonondb_source(FIXTURES, ids=["mp-0"])

@@ -27,7 +27,8 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
     FC2s are the pipeline's own (harmonic and SSCHA, in ``supercell_matrix``); FC3 is computed once
     in ``cfg["fc3_supercell_matrix"]`` (default: the same supercell). κ is the isotropic average.
     κ is computed at the SSCHA temperatures listed in ``cfg["temperatures_K"]`` (all of them when the key
-    is absent): each renormalized FC2 costs a full phono3py run, minutes for a 10-atom cell on 11³.
+    is absent, as in the ``kappa`` config node; ``+kappa.temperatures_K=[300]`` adds it): each renormalized
+    FC2 costs a full phono3py run, minutes for a 10-atom cell on 11³.
     """
     values = {k: v for k, v in dict(cfg).items() if k != "enabled"}
     if values.get("fc3_supercell_matrix") is None:

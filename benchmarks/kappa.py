@@ -3,7 +3,10 @@ and FC3 by finite displacements versus a symfc fit of random displacements.
 
     THERMOBENCH_MODELS=../shared/models nice -n 10 .venv/bin/python -m benchmarks.kappa \
         [--materials Si NaCl MgO] [--potential M3GNet-MP-2021.2.8-PES] [--work /tmp/kappa/bench] \
-        [--out benchmarks/results/kappa]
+        [--out benchmarks/results/kappa] [--dft ZnTe=phono3py/example/zb-ZnTe-PBEsol/phono3py_params_ZnTe.yaml.xz]
+
+(``--dft``: a public DFT phono3py set, e.g. from ``git clone https://github.com/phonopy/phono3py``;
+its κ is recomputed on this benchmark's settings and put in the DFT column.)
 
 Per material: relax (generate.relax); SSCHA at 300 K (generate.sscha.run_sscha) in the 2x2x2
 supercell of the primitive cell (16 atoms); FC3 in the 2x2x2 supercell of the conventional cell

@@ -30,13 +30,16 @@ def supercell_phonopy(cell: Atoms, supercell_matrix, primitive_matrix, symprec: 
     return phonon
 
 
+def signed_frequencies_THz(eigenvalues: np.ndarray) -> np.ndarray:
+    """Frequencies (THz) of phonopy dynamical-matrix eigenvalues; imaginary ones as negative."""
+    from phonopy.physical_units import get_physical_units
+
+    return np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * get_physical_units().DefaultToTHz
+
+
 def embedded_frequencies_THz(harmonic_large, correction, qpoints: np.ndarray) -> np.ndarray:
     """Frequencies (THz, imaginary as negative) of D_harm,large(q) + ΔD(q) at each q (reduced coordinates
     of the primitive cell); both phonopy objects must share the primitive cell, atom for atom."""
-    from phonopy.physical_units import get_physical_units
-
-    to_thz = get_physical_units().DefaultToTHz
-
     a, b = harmonic_large.primitive, correction.primitive
     if len(a) != len(b) or not np.allclose(a.masses, b.masses) or not np.allclose(a.cell, b.cell, atol=1e-8):
         raise ValueError("the harmonic and correction phonopy objects have different primitive cells")
@@ -50,6 +53,5 @@ def embedded_frequencies_THz(harmonic_large, correction, qpoints: np.ndarray) ->
             phonon.dynamical_matrix.run(q)
             matrices.append(phonon.dynamical_matrix.dynamical_matrix)
         total = matrices[0] + matrices[1]
-        values = np.linalg.eigvalsh(0.5 * (total + total.conj().T))
-        out.append(np.sign(values) * np.sqrt(np.abs(values)) * to_thz)
+        out.append(signed_frequencies_THz(np.linalg.eigvalsh(0.5 * (total + total.conj().T))))
     return np.array(out)

@@ -16,12 +16,12 @@ DEGENERACY_THZ = 1e-3  # frequencies closer than this form one degenerate subspa
 
 
 def _modes(phonon, q) -> tuple[np.ndarray, np.ndarray]:
-    from phonopy.physical_units import get_physical_units
+    from generate.embedding import signed_frequencies_THz
 
     phonon.dynamical_matrix.run(q)
     matrix = phonon.dynamical_matrix.dynamical_matrix
     values, vectors = np.linalg.eigh(0.5 * (matrix + matrix.conj().T))
-    return np.sign(values) * np.sqrt(np.abs(values)) * get_physical_units().DefaultToTHz, vectors
+    return signed_frequencies_THz(values), vectors
 
 
 def _subspace_overlaps(harmonic_vectors, renormalized_vectors, renormalized_frequencies) -> np.ndarray:

@@ -477,3 +477,55 @@ def test_a_surrogate_that_will_be_rejected_is_not_verified_further(quartic_bond_
     (given_up,) = run_sscha_surrogate_temperatures(atoms, calculator, SUPERCELL, [settings], inexact, give_up_above=threshold)
     assert given_up.surrogate.n_verification == inexact.n_verification and given_up.surrogate.n_corrections == 1
     assert given_up.n_potential_evaluations < full.n_potential_evaluations
+
+
+def test_a_surrogate_scha_leaving_its_fitted_region_is_a_divergence_not_an_answer():
+    """A polar crystal (P6mm, centroids free along c) on an expansion whose minimum puts the Ar sublattice
+    1 Å up: the centroid relaxation follows it exactly when trusted, and raises ``SurrogateDiverged``
+    (the engine's cue for the direct engine) when 1 Å exceeds the displacements the fit has seen."""
+    from generate.sscha import (
+        ForceConstantExpansion,
+        SurrogateDiverged,
+        harmonic_monomials,
+        run_scha_on_expansion,
+        to_blocks,
+    )
+
+    k_eV_A2, rise_A = 2.0, 1.0
+    atoms = Atoms("NeAr", cell=[[3, 0, 0], [-1.5, 1.5 * np.sqrt(3), 0], [0, 0, 5]], pbc=True,
+                  scaled_positions=[[0, 0, 0], [0, 0, 0.4]])
+    settings = SSCHASettings(temperature_K=300.0, **ONSITE)
+    model = supercell_model(atoms, SUPERCELL, settings)
+    minimum = model.atoms.copy()
+    minimum.positions[minimum.numbers == 18, 2] += rise_A
+    expansion = ForceConstantExpansion(minimum, 0.0, [harmonic_monomials(k_eV_A2 * np.eye(3 * model.n_atoms))])
+    harmonic = (to_blocks(k_eV_A2 * np.eye(3 * model.n_atoms)), 0)
+    trusted = run_scha_on_expansion(atoms, expansion, SUPERCELL, settings, harmonic=harmonic, model=model)
+    assert trusted.converged
+    np.testing.assert_allclose(trusted.supercell.positions, minimum.positions, atol=1e-6)
+    with pytest.raises(SurrogateDiverged, match=r"moved a centroid 1.00 Å .* \(0.50 Å\)"):
+        run_scha_on_expansion(atoms, expansion, SUPERCELL, settings, harmonic=harmonic, model=model, trusted_displacement_A=0.5)
+
+
+def test_the_surrogate_engine_sends_a_diverged_temperature_to_the_direct_engine(quartic_bond_crystal, monkeypatch):
+    """A temperature whose surrogate SCHA diverges is solved by the direct engine and says why; the other
+    temperature keeps the surrogate's result."""
+    from generate.sscha import SurrogateDiverged, SurrogateEngine, surrogate_run
+
+    _, _, surrogate_settings = quartic_bond_crystal
+    solve = surrogate_run.run_scha_on_expansion
+
+    def diverging_when_cold(atoms, expansion, supercell_matrix, settings, **kwargs):
+        if settings.temperature_K < 200:
+            raise SurrogateDiverged("SCHA on the surrogate diverged (test)")
+        return solve(atoms, expansion, supercell_matrix, settings, **kwargs)
+
+    monkeypatch.setattr(surrogate_run, "run_scha_on_expansion", diverging_when_cold)
+    atoms = bulk("Ar", "fcc", a=FCC["a"])
+    hot = SSCHASettings(temperature_K=300.0, n_configurations=400, q_mesh=(2, 2, 2), frequency_error_target_THz=0.02)
+    calculator = QuarticBonds(supercell_model(atoms, SUPERCELL, hot).atoms, 1.0, 20.0, cutoff_A=1.1 * FCC["nearest_A"])
+    cold_result, hot_result = SurrogateEngine(surrogate=surrogate_settings).run(
+        atoms, calculator, SUPERCELL, [replace(hot, temperature_K=100.0), hot])
+    assert hot_result.backend == "surrogate" and "surrogate engine" in hot_result.status
+    assert cold_result.backend == "direct" and cold_result.converged
+    assert "surrogate fall-back: SCHA on the surrogate diverged (test)" in cold_result.status

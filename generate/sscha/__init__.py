@@ -60,6 +60,7 @@ from generate.sscha.supercell import (
     to_matrix,
 )
 from generate.sscha.surrogate import (
+    SurrogateDiverged,
     SurrogateSettings,
     quiet_hiphive,
     run_scha_on_expansion,
@@ -82,6 +83,7 @@ __all__ = [
     "SSCHAResult",
     "SSCHASettings",
     "SSCHAStep",
+    "SurrogateDiverged",
     "SurrogateEngine",
     "SurrogateReport",
     "SurrogateSettings",

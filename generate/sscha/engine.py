@@ -17,7 +17,7 @@ from ase import Atoms
 
 from generate.sscha.direct import run_sscha
 from generate.sscha.result import SSCHAResult, SSCHASettings
-from generate.sscha.surrogate import SurrogateSettings
+from generate.sscha.surrogate import SurrogateDiverged, SurrogateSettings
 from generate.sscha.surrogate_run import run_sscha_surrogate_temperatures
 
 log = logging.getLogger("thermobench.sscha")
@@ -73,9 +73,9 @@ class SurrogateEngine:
         for one, result in zip(settings, run_sscha_surrogate_temperatures(
                 atoms, potential, supercell_matrix, settings, self.surrogate, harmonic, self.max_relative_force_error),
                 strict=True):
-            reasons = self.rejection(result)
-            report = result.surrogate
+            reasons = [str(result)] if isinstance(result, SurrogateDiverged) else self.rejection(result)
             if not reasons:
+                report = result.surrogate
                 out.append(replace(result, status=(
                     f"{result.status} (surrogate engine; verified relative force error "
                     f"{report.verification_relative_force_error:.3f}, correction {report.max_frequency_difference_THz:.3f} THz "

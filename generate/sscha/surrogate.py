@@ -380,6 +380,17 @@ def concatenate_ensembles(first: Ensemble, second: Ensemble) -> Ensemble:
     )
 
 
+class SurrogateDiverged(RuntimeError):
+    """The SCHA on a surrogate left the region the surrogate was fitted on (or became non-finite): an
+    expansion with negative even-order directions is unbounded there, so its answer means nothing.
+    The engine treats this as a rejection. ``n_potential_evaluations`` and ``wall_time_s``: what the
+    surrogate had cost when it gave up."""
+
+    def __init__(self, message: str, n_potential_evaluations: int = 0, wall_time_s: float = 0.0):
+        super().__init__(message)
+        self.n_potential_evaluations, self.wall_time_s = n_potential_evaluations, wall_time_s
+
+
 def signed_mode_frequencies_THz(model: SupercellModel, dynamical: np.ndarray) -> np.ndarray:
     values, _ = eigen(model, dynamical)
     return np.sign(values) * np.sqrt(np.abs(values)) * THZ_PER_OMEGA
@@ -409,6 +420,7 @@ def run_scha_on_expansion(
     initial_force_constants: np.ndarray | None = None,
     tolerance: float = 1e-9,
     model: SupercellModel | None = None,
+    trusted_displacement_A: float | None = None,
 ) -> SSCHAResult:
     """The SSCHA on a force-constant expansion with exact Gaussian averages instead of ensembles.
 
@@ -417,6 +429,10 @@ def run_scha_on_expansion(
     :meth:`ForceConstantExpansion.gaussian_averages`: the infinite-ensemble limit, without
     stochastic error. Converged when the gradient is below ``tolerance`` × |D| and the symmetrized
     mean force below 1e-6 eV/Å with no mode held up by the stabilization floor.
+
+    ``trusted_displacement_A``: the largest atomic displacement the expansion was fitted on; a centroid
+    moved further (or a non-finite D) raises :class:`SurrogateDiverged`, since the expansion only
+    extrapolates there (GeTe's surrogate pulled its centroids 18 Å away before D overflowed).
     """
     start = time.perf_counter()
     model = supercell_model(atoms, supercell_matrix, settings) if model is None else model
@@ -427,6 +443,14 @@ def run_scha_on_expansion(
     centroids = model.atoms.positions.copy()
     history, converged, status = [], False, None
     for step in range(settings.max_steps):
+        shift = float(np.linalg.norm(centroids - model.atoms.positions, axis=1).max())
+        if not (np.isfinite(dynamical).all() and np.isfinite(shift)):
+            raise SurrogateDiverged(f"SCHA on the surrogate diverged at step {step} (non-finite D or centroids)",
+                                    evaluations, time.perf_counter() - start)
+        if trusted_displacement_A is not None and shift > trusted_displacement_A:
+            raise SurrogateDiverged(
+                f"SCHA on the surrogate moved a centroid {shift:.2f} Å at step {step}, beyond the largest "
+                f"displacement it was fitted on ({trusted_displacement_A:.2f} Å)", evaluations, time.perf_counter() - start)
         free_energy, gradient, mean_force = scha_point(model, expansion, dynamical, centroids, settings)
         gradient_norm = float(np.linalg.norm(gradient))
         history.append(

@@ -25,6 +25,7 @@ from generate.sscha.supercell import (
 )
 from generate.sscha.surrogate import (
     SurrogateBasis,
+    SurrogateDiverged,
     SurrogateSettings,
     fit_surrogate,
     relative_force_error,
@@ -62,6 +63,11 @@ class SurrogateFit:
             seed, fit_matrix=self.fit_matrix,
         )
         self.n_fits += 1
+
+    @property
+    def trusted_displacement_A(self) -> float:
+        """The largest atomic displacement among the configurations the fit has seen."""
+        return float(np.linalg.norm(self.displacements_A, axis=-1).max())
 
     def add(self, ensemble: Ensemble) -> None:
         added = ensemble.centroids_A + ensemble.displacements_A - self.model.atoms.positions
@@ -109,6 +115,8 @@ def run_sscha_surrogate(
     """The SSCHA at one temperature on a hiphive surrogate of ``potential``, verified (and corrected)
     with the potential: :func:`run_sscha_surrogate_temperatures` with that one temperature."""
     (result,) = run_sscha_surrogate_temperatures(atoms, potential, supercell_matrix, [settings], surrogate, harmonic)
+    if isinstance(result, SurrogateDiverged):
+        raise result
     return result
 
 
@@ -120,21 +128,31 @@ def run_sscha_surrogate_temperatures(
     surrogate: SurrogateSettings = SurrogateSettings(),
     harmonic: tuple[np.ndarray, int] | None = None,
     give_up_above: float | None = None,
-) -> list[SSCHAResult]:
+) -> list[SSCHAResult | SurrogateDiverged]:
     """The SSCHA at several temperatures (one ``SSCHASettings`` each) from one surrogate fit, trained
     at the highest; temperatures are solved from the highest down, each starting from the Φ of the
     one above. Each result is verified at its own temperature; the training cost is counted in the
-    highest temperature's ``n_potential_evaluations`` and wall time. Results come in the given order.
+    highest temperature's ``n_potential_evaluations`` and wall time. Results come in the given order;
+    a temperature whose SCHA left the surrogate's fitted region comes as its :class:`SurrogateDiverged`
+    (the next one then starts from the last good Φ).
     ``give_up_above``: a relative force error above which a temperature's verification stops early (see
     :func:`solve_on_surrogate`)."""
     start = time.perf_counter()
     order = sorted(range(len(settings)), key=lambda k: -settings[k].temperature_K)
     fit, evaluations = train_surrogate(atoms, potential, supercell_matrix, settings[order[0]], surrogate, harmonic)
     training_s = time.perf_counter() - start
-    results: dict[int, SSCHAResult] = {}
+    results: dict[int, SSCHAResult | SurrogateDiverged] = {}
     initial = None
     for rank, k in enumerate(order):
-        result = solve_on_surrogate(fit, atoms, potential, supercell_matrix, settings[k], surrogate, initial, give_up_above)
+        try:
+            result = solve_on_surrogate(fit, atoms, potential, supercell_matrix, settings[k], surrogate, initial, give_up_above)
+        except SurrogateDiverged as error:
+            log.info("surrogate at %g K: %s", settings[k].temperature_K, error)
+            if rank == 0:
+                error.n_potential_evaluations += evaluations
+                error.wall_time_s += training_s
+            results[k] = error
+            continue
         if rank == 0:
             result = replace(result, n_potential_evaluations=result.n_potential_evaluations + evaluations,
                              wall_time_s=result.wall_time_s + training_s)
@@ -193,10 +211,14 @@ def solve_on_surrogate(
     initial, n_surrogate_evaluations, evaluations = initial_force_constants, 0, 0
     for attempt in range(surrogate.max_refits + 1):
         if analytic:
-            result = run_scha_on_expansion(
-                atoms, fit.expansion, supercell_matrix, settings, harmonic=(fc_harmonic, 0), initial_force_constants=initial,
-                model=model,
-            )
+            try:
+                result = run_scha_on_expansion(
+                    atoms, fit.expansion, supercell_matrix, settings, harmonic=(fc_harmonic, 0),
+                    initial_force_constants=initial, model=model, trusted_displacement_A=fit.trusted_displacement_A,
+                )
+            except SurrogateDiverged as error:
+                error.n_potential_evaluations, error.wall_time_s = evaluations, time.perf_counter() - start
+                raise
         else:
             result = run_sscha(atoms, fit.expansion, supercell_matrix, cheap, harmonic=(fc_harmonic, 0),
                                initial_force_constants=initial)

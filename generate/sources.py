@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from ase import Atoms
@@ -19,9 +20,26 @@ STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".extxyz", ".xyz", ".traj", ".
 POSCAR_NAMES = ("POSCAR", "CONTCAR")
 
 
-def builtin_source(families=None, ids=None, limit: int | None = None) -> list[Material]:
+def builtin_source(families=None, ids=None, limit: int | None = None, structure_families: bool = False) -> list[Material]:
+    """Built-in crystals (``families``: :data:`thermobench.families.FAMILIES` names). With
+    ``structure_families`` a material's ``family`` is its :func:`thermobench.prototypes.structure_family`,
+    as phonondb's are: for adding built-ins (e.g. the alkali metals phonondb lacks) to a phonondb run."""
     materials = builtin_materials(families=families, ids=ids)
-    return materials[:limit] if limit is not None else materials
+    materials = materials[:limit] if limit is not None else materials
+    if structure_families:
+        materials = [replace(m, family=_structure_family_of(m.atoms())) for m in materials]
+    return materials
+
+
+def _structure_family_of(atoms) -> str:
+    import spglib
+
+    from thermobench.prototypes import structure_family
+
+    cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)
+    dataset = spglib.get_symmetry_dataset(cell, symprec=1e-3)
+    primitive = spglib.standardize_cell(cell, to_primitive=True, symprec=1e-3)
+    return structure_family(atoms.get_chemical_formula(mode="metal"), int(dataset.number), len(primitive[2]))
 
 
 def _formula_guess(path: Path) -> str:
@@ -189,7 +207,7 @@ def materials_from_config(source) -> list[Material]:
     if kind == "builtin":
         families = list(source.families) if source.get("families") else None
         ids = list(source.ids) if source.get("ids") else None
-        return builtin_source(families, ids, source.get("limit"))
+        return builtin_source(families, ids, source.get("limit"), bool(source.get("structure_families")))
     if kind == "directory":
         if not source.get("directory"):
             raise ValueError("source=directory needs source.directory=PATH")

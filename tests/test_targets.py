@@ -124,6 +124,19 @@ def test_structure_families_of_known_compounds(formula, spacegroup, n_convention
     assert structure_family(formula, spacegroup, primitive_atoms(n_conventional, spacegroup)) == family
 
 
+def test_builtins_added_to_a_phonondb_run_carry_its_structure_families():
+    """The alkali and alkaline-earth metals phonondb lacks come from the built-ins, labelled as
+    phonondb's crystals are (from their own symmetry, not the built-in family name)."""
+    from generate.sources import builtin_source
+
+    ids = ["bcc-Li", "fcc-Ca", "hcp-Mg", "rocksalt-NaCl", "wurtzite-ZnO", "zincblende-GaAs"]
+    families = {m.material_id: m.family for m in builtin_source(ids=ids, structure_families=True)}
+    assert families == {"bcc-Li": "alkali & alkaline-earth metals", "fcc-Ca": "alkali & alkaline-earth metals",
+                        "hcp-Mg": "alkali & alkaline-earth metals", "rocksalt-NaCl": "rocksalt",
+                        "wurtzite-ZnO": "wurtzite", "zincblende-GaAs": "zincblende"}
+    assert {m.family for m in builtin_source(ids=ids)} == {"bcc", "fcc", "hcp", "rocksalt", "wurtzite", "zincblende"}
+
+
 def test_balanced_order_interleaves_families_smallest_cells_first():
     from thermobench.phonondb import read_index
 

@@ -49,13 +49,13 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
     )
     harmonic_kappa = (result.harmonic.kappa_average_W_mK if result.harmonic else None) or [None] * len(chosen)
     renormalized_kappa = (result.renormalized.kappa_average_W_mK if result.renormalized else None) or [None] * len(chosen)
-    by_temperature = {}
+    by_temperature = {}  # the SSCHA temperatures of one material are distinct
     for k, r in enumerate(chosen):
         ratio = result.kappa_ratio[k]
-        by_temperature[id(r)] = {
+        by_temperature[float(r.temperature_K)] = {
             "kappa_harmonic_W_mK": harmonic_kappa[k],
             "kappa_renormalized_W_mK": renormalized_kappa[k],
             "kappa_ratio": ratio,
             "kappa_null_reason": None if ratio is not None else (result.kappa_ratio_null_reason or result.reason),
         }
-    return [by_temperature.get(id(r), dict(skipped)) for r in results]
+    return [by_temperature.get(float(r.temperature_K), dict(skipped)) for r in results]

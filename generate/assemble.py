@@ -41,6 +41,7 @@ NULL_REASONS = {
     "kappa_ratio": "kappa_null_reason",
     "dft_mesh_frequencies_THz": "dft_null_reason",
     "potential_dft_mae_THz": "dft_null_reason",
+    "potential_dft_mae_dft_geometry_THz": "dft_null_reason",
     "dft_min_frequency_THz": "dft_null_reason",
     "dft_dynamically_stable": "dft_null_reason",
 }

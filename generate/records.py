@@ -131,7 +131,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     shift_min = float(settings["targets"]["shift_min_frequency_THz"])
     static_energy = relaxed.energy_eV_atom
     harm_mesh = np.asarray(large.mesh_frequencies_THz)
-    dft = _stage("dft", dft_comparison, material, large, tolerance)
+    dft = _stage("dft", dft_comparison, material, large, tolerance, loaded.model)
     harm_comm = np.asarray(harmonic.commensurate_frequencies_THz)
 
     results, floor, raised = _stage("sscha", sscha_with_floor, sscha_engine(settings), cell, loaded.model, matrix,
@@ -288,14 +288,16 @@ def sscha_supercells(atoms, supercell: dict, harmonic: dict) -> tuple[np.ndarray
     return matrix, (large if abs(np.linalg.det(large)) > abs(np.linalg.det(matrix)) else matrix)
 
 
-def dft_comparison(material: Material, harmonic, tolerance_THz: float) -> dict | None:
+def dft_comparison(material: Material, harmonic, tolerance_THz: float, model=None) -> dict | None:
     """The DFT harmonic frequencies of the same crystal on the rows' q-mesh, beside the potential's, for a
-    source that has them (phonondb); None otherwise.
+    source that has them (phonondb); None otherwise. With ``model``, also the potential's MAE at the DFT
+    geometry (:mod:`generate.fidelity`), which separates its force constants from its lattice.
 
     Both without the non-analytic correction (the potential predicts no Born charges), so the MAE
     measures the short-range force constants, as ``generate.validate_phonons`` does. The q-points are
     reduced coordinates of the same primitive cell (the generator starts from phonondb's cell).
     """
+    from generate.fidelity import dft_geometry_mae
     from generate.harmonic import mesh_frequency_mae
 
     reference = getattr(material.build, "dft_phonons", None)
@@ -309,11 +311,13 @@ def dft_comparison(material: Material, harmonic, tolerance_THz: float) -> dict |
     if frequencies.shape != potential.shape:
         raise ValueError(f"DFT primitive cell has {frequencies.shape[1] // 3} atoms, the generator's {potential.shape[1] // 3}")
     mae = mesh_frequency_mae(frequencies, potential, harmonic.mesh_weights)
+    at_dft = None if model is None else dft_geometry_mae(dft, model, harmonic.mesh_qpoints, harmonic.mesh_weights, frequencies)
     return {
         "source": material.source,
         "source_id": material.source_id,
         "mesh_frequencies_THz": frequencies.tolist(),  # on the rows' mesh_qpoints, bands sorted
         "harmonic_mae_THz": mae,  # potential - DFT, weighted over the mesh, every band
+        "harmonic_mae_dft_geometry_THz": at_dft,  # the same with the potential's FC2 at DFT's geometry
         "min_frequency_THz": float(frequencies.min()),
         "dft_stable": bool(frequencies.min() >= -tolerance_THz),
         "potential_stable": bool(potential.min() >= -tolerance_THz),
@@ -328,10 +332,12 @@ def _dft_columns(material: Material, dft: dict | None) -> dict:
 
     if dft is None:
         return {"phonondb_split": None, "dft_mesh_frequencies_THz": None, "potential_dft_mae_THz": None,
-                "dft_min_frequency_THz": None, "dft_dynamically_stable": None,
+                "potential_dft_mae_dft_geometry_THz": None, "dft_min_frequency_THz": None, "dft_dynamically_stable": None,
                 "dft_null_reason": f"source {material.source!r} has no DFT phonons"}
     return {"phonondb_split": split_of(material.source_id), "dft_mesh_frequencies_THz": dft["mesh_frequencies_THz"],
-            "potential_dft_mae_THz": dft["harmonic_mae_THz"], "dft_min_frequency_THz": dft["min_frequency_THz"],
+            "potential_dft_mae_THz": dft["harmonic_mae_THz"],
+            "potential_dft_mae_dft_geometry_THz": dft.get("harmonic_mae_dft_geometry_THz"),
+            "dft_min_frequency_THz": dft["min_frequency_THz"],
             "dft_dynamically_stable": dft["dft_stable"], "dft_null_reason": None}
 
 

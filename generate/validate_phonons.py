@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from generate.fidelity import potential_phonopy_on_dft_geometry, same_setup_phonopy
 from generate.harmonic import (
     HarmonicResult,
     HarmonicSettings,
@@ -34,10 +35,8 @@ from generate.harmonic import (
 from generate.phonon_data import (
     DatasetError,
     dataset_name,
-    displacements_only,
     find_datasets,
     load_dft_dataset,
-    produce_force_constants,
 )
 from generate.relax import RelaxSettings, relax
 
@@ -61,25 +60,18 @@ class PhononComparison:
 
 def _same_setup_phonopy(reference, unitcell):
     """A phonopy object with the reference's supercell, primitive matrix, NAC and symmetry tolerance."""
-    from phonopy import Phonopy
-
-    phonon = Phonopy(
-        unitcell,
-        supercell_matrix=reference.supercell_matrix,
-        primitive_matrix=reference.primitive_matrix,
-        symprec=reference.symmetry.tolerance,
-    )
+    phonon = same_setup_phonopy(reference, unitcell)
     if reference.nac_params is not None:
         phonon.nac_params = reference.nac_params
     return phonon
 
 
 def potential_phonons_on_dft_geometry(reference, model, settings: HarmonicSettings, spectra: bool = True) -> HarmonicResult:
-    """The potential's FC2 from exactly the DFT displacements of the DFT geometry."""
-    phonon = _same_setup_phonopy(reference, reference.unitcell)
-    phonon.dataset = displacements_only(reference.dataset)
-    evaluations = displaced_supercell_forces(phonon, model)
-    produce_force_constants(phonon, full=True)
+    """The potential's FC2 from exactly the DFT displacements of the DFT geometry (its residual forces
+    there subtracted: :func:`generate.fidelity.potential_phonopy_on_dft_geometry`), with the DFT NAC."""
+    phonon, evaluations = potential_phonopy_on_dft_geometry(reference, model)
+    if reference.nac_params is not None:
+        phonon.nac_params = reference.nac_params
     return phonon_properties(phonon, settings, evaluations, spectra)
 
 

@@ -192,6 +192,7 @@ def test_release_0_2_schema_splits_null_reasons_and_dft_columns(config):
                 assert dft.shape == potential.shape
                 mae = mesh_frequency_mae(dft, potential, row["mesh_weights"])
                 assert row["potential_dft_mae_THz"] == pytest.approx(mae, rel=1e-9)
+                assert row["potential_dft_mae_dft_geometry_THz"] >= 0  # both geometries measured (generate.fidelity)
                 assert row["dft_dynamically_stable"] == bool(dft.min() >= -row["imaginary_tolerance_THz"])
             # Targets: convergence means every frequency within target and no floor; floor rows say so.
             if row["sscha_converged"]:

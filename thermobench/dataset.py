@@ -85,6 +85,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("harmonic_dos_states_per_THz", "list[float64]", "1/THz", "harmonic phonon DOS per primitive cell (Gaussian smearing dos_sigma_THz), integrates to 3 nsites"),
     Column("dft_mesh_frequencies_THz", "list2[float64]", "THz", "n_q x n_bands DFT (phonondb, PBEsol) harmonic frequencies of the same crystal at mesh_qpoints, at DFT's geometry, no NAC", True),
     Column("potential_dft_mae_THz", "float64", "THz", "label fidelity: mesh-weighted MAE of the potential's harmonic frequencies (its own geometry) against dft_mesh_frequencies_THz, every band", True),
+    Column("potential_dft_mae_dft_geometry_THz", "float64", "THz", "the same MAE with the potential's force constants at DFT's geometry and displacements (residual forces subtracted): its force-constant error without its lattice error (generate.fidelity)", True),
     Column("dft_min_frequency_THz", "float64", "THz", "lowest DFT harmonic frequency on the mesh", True),
     Column("dft_dynamically_stable", "bool", "", "DFT harmonic phonons have no mode below -imaginary_tolerance_THz on the mesh", True),
     Column("dft_null_reason", "string", "", "why the DFT columns are null (a source without DFT phonons)", True),
@@ -152,8 +153,8 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 ADDED_IN_2_0 = (
     "chemistry", "phonondb_split", "volume_change_vs_source", "renormalized_commensurate_frequencies_matched_THz",
-    "min_mode_overlap", "dft_mesh_frequencies_THz", "potential_dft_mae_THz", "dft_min_frequency_THz",
-    "dft_dynamically_stable", "dft_null_reason", "potential_dynamically_stable", "sigma_A_error", "sigma_A_classical",
+    "min_mode_overlap", "dft_mesh_frequencies_THz", "potential_dft_mae_THz", "potential_dft_mae_dft_geometry_THz",
+    "dft_min_frequency_THz", "dft_dynamically_stable", "dft_null_reason", "potential_dynamically_stable", "sigma_A_error", "sigma_A_classical",
     "sigma_A_classical_error", "frequency_error_target_THz", "n_stabilized_modes", "at_stabilization_floor",
 )
 SCHEMAS = {"1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0), SCHEMA_VERSION: COLUMNS}

@@ -143,9 +143,9 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
             skipped += 1
         else:
             todo.append(material)
-    manifest = folder.manifest()
     run_entry = {
         "started": start,
+        "pid": os.getpid(),
         "command": cfg.get("command_line") or "",
         "executor": cfg.executor.kind,
         "host": os.uname().nodename,
@@ -155,8 +155,7 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
         "n_failed": 0,
         "wall_time_s": 0.0,
     }
-    manifest["runs"].append(run_entry)
-    write_json_atomically(folder.manifest_path, manifest)
+    folder.save_run(run_entry)
 
     device = str(cfg.potential.device)
     if cfg.executor.kind == "serial" or potential is not None:
@@ -181,7 +180,7 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
         key = "n_done" if record["status"] == "ok" else "n_failed"
         run_entry[key] += 1
         run_entry["wall_time_s"] = time.time() - start
-        write_json_atomically(folder.manifest_path, manifest)
+        folder.save_run(run_entry)
         if record["status"] != "ok":
             bar.write(f"[generate] {record['material_id']} failed at {record['stage']}: {record['reason'][:300]}")
         bar.set_postfix(done=run_entry["n_done"], failed=run_entry["n_failed"], skipped=skipped)
@@ -189,5 +188,5 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
     bar.close()
     run_entry["finished"] = time.time()
     run_entry["wall_time_s"] = time.time() - start
-    write_json_atomically(folder.manifest_path, manifest)
+    folder.save_run(run_entry)
     return RunSummary(folder.root, info["fingerprint"], len(materials), skipped, run_entry["n_done"], run_entry["n_failed"], run_entry["wall_time_s"])

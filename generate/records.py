@@ -472,6 +472,21 @@ class RunFolder:
     def manifest(self) -> dict:
         return json.loads(self.manifest_path.read_text())
 
+    def save_run(self, entry: dict) -> None:
+        """Write this run's entry of the manifest's history (added, or replaced by its ``started`` and
+        ``pid``), re-reading the file under a lock: several runs may share a folder (e.g. another
+        source into the same settings), and none may drop another's entry."""
+        import fcntl
+
+        from generate.atomic import write_json_atomically
+
+        with open(self.root / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            manifest = self.manifest()
+            runs = [r for r in manifest["runs"] if (r.get("started"), r.get("pid")) != (entry["started"], entry["pid"])]
+            manifest["runs"] = sorted([*runs, entry], key=lambda r: r["started"])
+            write_json_atomically(self.manifest_path, manifest)
+
 
 def open_run_folder(out_dir: Path, settings: dict, sha: str) -> tuple[RunFolder, dict]:
     """The run folder for these settings, created with its manifest, or reopened after checking it."""

@@ -86,6 +86,23 @@ def test_kill_midway_and_resume_loses_and_recomputes_nothing(tmp_path):
     assert changed.n_done == 1 and len([p for p in out.iterdir() if (p / "manifest.json").is_file()]) == 2
 
 
+def test_runs_sharing_a_folder_keep_each_others_history(tmp_path):
+    """Two runs into one settings folder (e.g. phonondb and the built-in metals): each writes only its own
+    entry of the manifest's history, so neither drops the other's, however their writes interleave."""
+    from generate.records import RunFolder
+
+    folder = RunFolder(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings_fingerprint": "f", "runs": []}))
+    first = {"started": 1.0, "pid": 11, "n_done": 0}
+    second = {"started": 2.0, "pid": 22, "n_done": 0}
+    folder.save_run(first)
+    folder.save_run(second)
+    first["n_done"] = 3
+    folder.save_run(first)
+    assert folder.manifest()["runs"] == [{"started": 1.0, "pid": 11, "n_done": 3}, second]
+    assert folder.manifest()["settings_fingerprint"] == "f"
+
+
 def test_dataset_version_is_part_of_the_settings_fingerprint():
     from generate.settings import fingerprint, settings_from_config
 

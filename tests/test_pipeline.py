@@ -146,10 +146,15 @@ def test_two_crystals_end_to_end_on_local_ray(tmp_path):
 
     out = tmp_path / "run"
     cfg = compose("source.ids=[fcc-Cu,fcc-Al]", "executor.kind=ray", "executor.ray.num_cpus=1", f"out_dir={out}")
+    retries = os.environ.pop("RAY_task_oom_retries", None)
     try:
         summary = run(cfg, progress=False)
+        assert os.environ["RAY_task_oom_retries"] == "2"  # killed by the memory monitor: bounded retries, then a record
     finally:
         ray.shutdown()
+        os.environ.pop("RAY_task_oom_retries", None)
+        if retries is not None:
+            os.environ["RAY_task_oom_retries"] = retries
     assert (summary.n_done, summary.n_failed) == (2, 0)
     stats = assemble(out, tmp_path / "dataset")
     assert stats["n_materials"] == 2 and stats["n_rows"] == 6

@@ -105,7 +105,8 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
 
     atoms = _stage("load", material.atoms)
     loaded = potential if potential is not None else _stage("potential", load_named_potential, settings["potential"], device)
-    _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})")
+    _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})",
+           loaded.cutoff_A)
     _stage("check", sscha_supercells, atoms, settings["supercell"], settings["harmonic"])  # before the relaxation
     if material.source == "file":  # a file's name says nothing reliable about its formula
         material = replace(material, formula=atoms.get_chemical_formula("metal", empirical=True))

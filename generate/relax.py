@@ -112,7 +112,7 @@ def run_command(cfg) -> RelaxResult:
     settings = relax_settings(cfg.relax, cfg.harmonic)  # checked before anything is read
     atoms = load_structure(str(cfg.structure))
     loaded = load_named_potential(str(cfg.potential.name), device=cfg.potential.device)
-    check_structure(atoms, loaded.element_types, str(cfg.structure))
+    check_structure(atoms, loaded.element_types, str(cfg.structure), loaded.cutoff_A)
     result = relax(atoms, loaded.calculator, settings)
     status = "converged" if result.converged else "NOT converged"
     print(f"{atoms.get_chemical_formula()} relaxed with {loaded.name}: {status} in {result.steps} steps")

@@ -60,6 +60,24 @@ def test_structure_without_periodic_cell(potential):
         evaluate_batch(potential, [molecule])
 
 
+def test_atom_beyond_the_cutoff_of_every_neighbour_is_named(potential, shared):
+    """bcc Cs at its experimental lattice (6.14 Å): 5.32 Å to its nearest neighbours, beyond M3GNet's 5 Å
+    graph cutoff, so the potential sees a lone atom; its phonons came out NaN. Named in the batch (second
+    structure), by the calculator and by the pre-relaxation check; compressed to 5.5 Å it is fine."""
+    from thermobench.potentials import check_structure
+
+    isolated, bonded = bulk("Cs", "bcc", a=6.141), bulk("Cs", "bcc", a=5.5)
+    message = r"atom 0 \(Cs\) has no neighbour within the potential's 5 A cutoff"
+    with pytest.raises(UnsupportedStructureError, match="structure 1: " + message):
+        evaluate_batch(potential, [bonded, isolated])
+    assert evaluate_batch(potential, [bonded]).forces_eV_A[0].shape == (1, 3)
+    isolated.calc = load_calculator("M3GNet-MP-2021.2.8-PES")
+    with pytest.raises(UnsupportedStructureError, match=message):
+        isolated.get_potential_energy()
+    with pytest.raises(UnsupportedStructureError, match="bcc-Cs: " + message):
+        check_structure(isolated, ["Cs"], "bcc-Cs", cutoff_A=5.0)
+
+
 def test_calculator_checks_too(shared):
     atoms = Atoms("NaCl", positions=[[0, 0, 0], [2.4, 0, 0]])
     atoms.calc = load_calculator("M3GNet-MP-2021.2.8-PES")

@@ -63,7 +63,7 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
         raise FileNotFoundError(f"born_file {cfg.born_file} does not exist")
     atoms = load_structure(str(cfg.structure))
     loaded = load_named_potential(str(cfg.potential.name), device=cfg.potential.device)  # matgl, or EMT (tests)
-    check_structure(atoms, loaded.element_types, str(cfg.structure))
+    check_structure(atoms, loaded.element_types, str(cfg.structure), loaded.cutoff_A)
     potential = loaded.model
     if cfg.relax_structure:
         log.info("relaxing %s", atoms.get_chemical_formula())

@@ -29,7 +29,7 @@ def run_command(cfg: DictConfig) -> SSCHAResult:
     supercell = checks.supercell_matrix(list(cfg.supercell), "supercell")
     atoms = load_structure(str(cfg.structure))
     loaded = load_named_potential(str(cfg.potential.name), device=cfg.potential.device)  # matgl, or EMT (tests)
-    check_structure(atoms, loaded.element_types, str(cfg.structure))
+    check_structure(atoms, loaded.element_types, str(cfg.structure), loaded.cutoff_A)
     if cfg.relax_structure:
         atoms = relax(atoms, loaded.calculator, relaxation).atoms
     (result,) = engine.run(atoms, loaded.model, supercell, [settings])

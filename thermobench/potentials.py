@@ -165,15 +165,16 @@ def check_structure(atoms: Atoms, element_types: Sequence[str], label: str = "st
     unknown = sorted(set(atoms.get_chemical_symbols()) - set(element_types))
     if unknown:
         raise UnsupportedStructureError(f"{label} contains element(s) {', '.join(unknown)} the potential does not cover")
-    i, j, d = neighbor_list("ijd", atoms, MIN_INTERATOMIC_DISTANCE_A)
-    if len(d):
+    # one neighbour search serves both checks: the overlap one reads its pairs closer than the minimum
+    i, j, d = neighbor_list("ijd", atoms, max(MIN_INTERATOMIC_DISTANCE_A, cutoff_A or 0.0))
+    if len(d) and d.min() < MIN_INTERATOMIC_DISTANCE_A:
         k = int(np.argmin(d))
         raise OverlappingAtomsError(
             f"{label}: atoms {i[k]} ({atoms[i[k]].symbol}) and {j[k]} ({atoms[j[k]].symbol}) are {d[k]:.3f} A "
             f"apart, closer than {MIN_INTERATOMIC_DISTANCE_A} A"
         )
     if cutoff_A is not None:
-        check_no_isolated_atoms(atoms, neighbor_list("i", atoms, float(cutoff_A)), cutoff_A, label)
+        check_no_isolated_atoms(atoms, i, cutoff_A, label)
 
 
 def check_no_isolated_atoms(atoms: Atoms, bonded: np.ndarray, cutoff_A: float, label: str) -> None:

@@ -2,12 +2,15 @@
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from ase.calculators.calculator import all_changes
 
 from generate.phonon_data import DatasetError, dataset_name, find_datasets, load_phonon_dataset
 from generate.validate_phonons import load_dft_dataset
+from tests.test_sscha import Harmonic
 from thermobench.phonondb import INDEX_PATH, MIRROR_COMMIT, SPLIT_FRACTIONS, read_index, select, split_of
 
 FIXTURES = Path(__file__).parent / "data" / "phonondb"
@@ -242,24 +245,19 @@ def test_phonondb_rows_carry_the_dft_harmonic_frequencies(tmp_path, shared):
     assert row["potential_dft_mae_dft_geometry_THz"] > 0.5
 
 
-class _HarmonicWithResidualForces:
-    """F = -Φ u + f₀ in a fixed supercell: a potential whose force constants are exactly DFT's but whose
-    minimum is not at DFT's geometry (a constant residual force f₀ on every atom, summing to zero)."""
+class _HarmonicWithResidualForces(Harmonic):
+    """F = -Φ u + f₀: force constants exactly DFT's, but a minimum away from DFT's geometry (a constant
+    residual force f₀ on every atom, summing to zero)."""
 
-    def __init__(self, supercell, force_constants, residual):
-        from ase.calculators.calculator import Calculator
+    def __init__(self, reference_positions, force_constants, residual):
+        super().__init__(reference_positions, force_constants)
+        self.residual = residual
 
-        class Model(Calculator):
-            implemented_properties = ("energy", "forces")
-
-            def calculate(inner, atoms=None, properties=("energy",), system_changes=()):  # noqa: N805
-                Calculator.calculate(inner, atoms, properties, system_changes)
-                u = (inner.atoms.positions - supercell.positions).reshape(-1)
-                matrix = force_constants.transpose(0, 2, 1, 3).reshape(u.size, u.size)
-                inner.results["energy"] = float(0.5 * u @ matrix @ u - residual.reshape(-1) @ u)
-                inner.results["forces"] = (-(matrix @ u)).reshape(-1, 3) + residual
-
-        self.model = Model()
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        u = (self.atoms.positions - self.reference).reshape(-1)
+        self.results["energy"] -= float(self.residual.reshape(-1) @ u)
+        self.results["forces"] = self.results["forces"] + self.residual
 
 
 def test_potential_at_the_dft_geometry_subtracts_its_residual_forces(tmp_path):
@@ -281,7 +279,7 @@ def test_potential_at_the_dft_geometry_subtracts_its_residual_forces(tmp_path):
     supercell = to_ase_atoms(reference.supercell)
     residual = np.zeros((len(supercell), 3))
     residual[:, 2] = np.where(supercell.numbers == 3, 0.1, -0.1)  # one Li per I: no net force
-    potential = _HarmonicWithResidualForces(supercell, np.asarray(full.force_constants), residual)
+    potential = SimpleNamespace(model=_HarmonicWithResidualForces(supercell.positions, np.asarray(full.force_constants), residual))
     reference.run_mesh([4, 4, 4], is_gamma_center=True)
     mesh = reference.get_mesh_dict()
     mae = dft_geometry_mae(reference, potential.model, mesh["qpoints"], mesh["weights"], mesh["frequencies"])

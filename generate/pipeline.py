@@ -7,7 +7,9 @@ self-contained JSON record, written atomically into ``<out_dir>/<fingerprint>/re
 - ``status: "ok"`` with one dataset row per temperature (columns of :mod:`thermobench.dataset`), or
 - ``status: "failed"`` with the stage, the reason and the traceback; the other materials go on.
 
-Resuming: a material with a record is skipped (failed ones too, unless ``retry_failed``). The
+Resuming: a material with a record is skipped (failed ones too, unless ``retry_failed``); one that
+was stopped mid-way resumes after its last checkpointed stage (SSCHA per temperature, κ;
+:mod:`generate.checkpoint`, in ``partial/``). The
 settings that change the numbers are hashed into a fingerprint; records live in a folder named by
 it, next to a ``manifest.json`` that holds the settings and the history of runs, so records made
 with different settings are never mixed.
@@ -32,20 +34,23 @@ from thermobench.potentials import LoadedPotential, named_potential_sha256
 # Executors
 
 
-def serial_executor(materials: list[Material], settings: dict, device: str, potential=None) -> Iterable[dict]:
+def serial_executor(materials: list[Material], settings: dict, device: str, potential=None,
+                    checkpoint_dir: Path | None = None) -> Iterable[dict]:
     for material in materials:
-        yield compute_material(material, settings, device, potential)
+        yield compute_material(material, settings, device, potential, checkpoint_dir)
 
 
-def _ray_compute(material: Material, settings: dict, device: str, num_threads: int) -> dict:
+def _ray_compute(material: Material, settings: dict, device: str, num_threads: int, checkpoint_dir: str | None) -> dict:
     import torch
 
     torch.set_num_threads(max(1, num_threads))
-    return compute_material(material, settings, device)
+    return compute_material(material, settings, device, checkpoint_dir=checkpoint_dir)
 
 
-def ray_executor(materials: list[Material], settings: dict, device: str, ray_cfg: dict) -> Iterable[dict]:
-    """Materials as Ray tasks; records return to the driver, which writes them (no shared disk needed)."""
+def ray_executor(materials: list[Material], settings: dict, device: str, ray_cfg: dict,
+                 checkpoint_dir: Path | None = None) -> Iterable[dict]:
+    """Materials as Ray tasks; records return to the driver, which writes them (no shared disk needed;
+    without one, a worker keeps its checkpoints on its own disk, at the same path)."""
     import ray
 
     if not ray.is_initialized():
@@ -70,7 +75,8 @@ def ray_executor(materials: list[Material], settings: dict, device: str, ray_cfg
     while queue or pending:
         while queue and len(pending) < max_in_flight:
             material = queue.pop(0)
-            pending[task.remote(material, settings, device, int(max(1, cpus)))] = material
+            pending[task.remote(material, settings, device, int(max(1, cpus)),
+                                None if checkpoint_dir is None else str(checkpoint_dir))] = material
         done, _ = ray.wait(list(pending), num_returns=1)
         material = pending.pop(done[0])
         try:
@@ -162,11 +168,11 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
 
     device = str(cfg.potential.device)
     if cfg.executor.kind == "serial" or potential is not None:
-        records = serial_executor(todo, settings, device, potential)
+        records = serial_executor(todo, settings, device, potential, folder.partial)
     elif cfg.executor.kind == "ray":
         from omegaconf import OmegaConf
 
-        records = ray_executor(todo, settings, device, OmegaConf.to_container(cfg.executor.ray, resolve=True))
+        records = ray_executor(todo, settings, device, OmegaConf.to_container(cfg.executor.ray, resolve=True), folder.partial)
     else:
         raise ValueError(f"executor.kind must be 'ray' or 'serial', not {cfg.executor.kind!r}")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from generate.atomic import write_json_atomically
+from generate.checkpoint import active as active_checkpoints
 from generate.labels import (
     choose_supercell,
     finite_or_none,
@@ -54,11 +55,18 @@ def material_fields(material: Material) -> dict:
             "family": material.family, "source": material.source, "source_id": material.source_id}
 
 
-def compute_material(material: Material, settings: dict, device: str = "cpu", potential=None) -> dict:
+def compute_material(material: Material, settings: dict, device: str = "cpu", potential=None,
+                     checkpoint_dir: Path | str | None = None) -> dict:
     """Compute one material's record; never raises (a failure becomes a failure record).
 
     ``potential``: a :class:`LoadedPotential` to use instead of loading ``settings["potential"]``.
+    ``checkpoint_dir``: where the expensive stages are checkpointed (:mod:`generate.checkpoint`), in a
+    folder per material, deleted once the material succeeds; a failed one keeps it, so that
+    ``retry_failed`` resumes. ``wall_time_s`` includes the time of the stages read back, and
+    ``reused_checkpoints`` names them.
     """
+    from generate.checkpoint import material_checkpoints
+
     start = time.time()
     base = {
         "record_version": RECORD_VERSION,
@@ -66,23 +74,28 @@ def compute_material(material: Material, settings: dict, device: str = "cpu", po
         "started": start,
         "host": os.uname().nodename,
     }
-    try:
-        rows = _compute_rows(material, settings, device, potential, start)
-    except BaseException as error:  # noqa: BLE001 - the record must say what happened, whatever it was
-        if isinstance(error, KeyboardInterrupt | SystemExit):
-            raise
-        stage = error.stage if isinstance(error, StageError) else "unknown"
-        cause = error.error if isinstance(error, StageError) else error
-        return {
-            **base,
-            "status": "failed",
-            "stage": stage,
-            "reason": f"{type(cause).__name__}: {cause}",
-            "traceback": "".join(traceback.format_exception(cause)),
-            "wall_time_s": time.time() - start,
-            "finished": time.time(),
-        }
-    return {**base, "status": "ok", "rows": rows, "wall_time_s": time.time() - start, "finished": time.time()}
+    folder = None if checkpoint_dir is None else Path(checkpoint_dir) / safe_name(material.material_id)
+    with material_checkpoints(folder) as checkpoints:
+        try:
+            rows = _compute_rows(material, settings, device, potential, start)
+        except BaseException as error:  # noqa: BLE001 - the record must say what happened, whatever it was
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                raise
+            stage = error.stage if isinstance(error, StageError) else "unknown"
+            cause = error.error if isinstance(error, StageError) else error
+            return {
+                **base,
+                "status": "failed",
+                "stage": stage,
+                "reason": f"{type(cause).__name__}: {cause}",
+                "traceback": "".join(traceback.format_exception(cause)),
+                "wall_time_s": time.time() - start + checkpoints.reused_seconds,
+                "reused_checkpoints": checkpoints.reused,
+                "finished": time.time(),
+            }
+        checkpoints.clear()
+    return {**base, "status": "ok", "rows": rows, "wall_time_s": time.time() - start + checkpoints.reused_seconds,
+            "reused_checkpoints": checkpoints.reused, "finished": time.time()}
 
 
 def _stage(name: str, function: Callable, *args, **kwargs):
@@ -179,7 +192,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
         "potential_dynamically_stable": n_imag_mesh == 0 and n_imag == 0,
     }
     rows = []
-    wall = time.time() - start
+    wall = time.time() - start + active_checkpoints().reused_seconds
     target = sscha_settings(settings, temperatures[0]).frequency_error_target_THz
     for temperature, result, kappa, ren_mesh, (harm_pairs, ren_pairs, overlaps), (sigma_cl, sigma_cl_error) in zip(
         temperatures, results, kappas, ren_meshes, matched, classical, strict=True
@@ -429,7 +442,9 @@ def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results) -> l
     if adapter is None:
         return [_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point") for _ in results]
     shared = {k: settings["harmonic"][k] for k in ("symprec", "imaginary_tolerance_THz")}
-    return adapter(cell, matrix, loaded.model, harmonic, results, {**cfg, **shared})
+    inputs = (cell, np.asarray(matrix), {**cfg, **shared}, np.asarray(harmonic.phonon.force_constants),
+              [(r.temperature_K, r.force_constants_eV_A2) for r in results])
+    return active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, {**cfg, **shared}))
 
 
 def _null_kappa(reason: str) -> dict:
@@ -446,13 +461,18 @@ def safe_name(material_id: str) -> str:
 
 @dataclass
 class RunFolder:
-    """``<out_dir>/<fingerprint[:12]>/``: manifest.json and records/<material_id>.json."""
+    """``<out_dir>/<fingerprint[:12]>/``: manifest.json, records/<material_id>.json and partial/."""
 
     root: Path
 
     @property
     def records(self) -> Path:
         return self.root / "records"
+
+    @property
+    def partial(self) -> Path:
+        """Checkpoints of materials not finished yet (:mod:`generate.checkpoint`), a folder each."""
+        return self.root / "partial"
 
     @property
     def manifest_path(self) -> Path:

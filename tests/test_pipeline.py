@@ -303,3 +303,78 @@ def test_rows_are_checked_against_the_schema_when_written():
     assert checked["status"] == "failed" and checked["stage"] == "record"
     assert "does not fit the dataset schema" in checked["reason"] and "missing columns" in checked["reason"]
     assert "rows" not in checked
+
+
+def test_a_material_stopped_after_its_sscha_resumes_from_its_checkpoints(tmp_path, monkeypatch):
+    """A failure (or a killed worker) in the κ stage keeps the SSCHA's checkpoints: the retry evaluates
+    no SSCHA ensemble again and gives the rows of an uninterrupted run; success deletes them."""
+    pytest.importorskip("phono3py")
+    import generate.kappa
+    from generate.records import compute_material
+    from generate.settings import settings_from_config
+    from generate.sources import materials_from_config
+    from generate.sscha import engine
+
+    cfg = compose("source.ids=[fcc-Cu]", "temperatures_K=[100.0,300.0]", "kappa=rta", "kappa.q_mesh=[4,4,4]")
+    settings, (material,) = settings_from_config(cfg), materials_from_config(cfg.source)
+    calls = []
+    direct = engine.run_sscha
+    monkeypatch.setattr(engine, "run_sscha", lambda *a, **k: calls.append(a[3].temperature_K) or direct(*a, **k))
+    adapter = generate.kappa.pipeline_kappa_columns
+
+    def stopped(*args, **kwargs):
+        raise MemoryError("worker stopped in the kappa stage")
+
+    monkeypatch.setattr(generate.kappa, "pipeline_kappa_columns", stopped)
+    partial = tmp_path / "partial"
+    failed = compute_material(material, settings, checkpoint_dir=partial)
+    assert failed["status"] == "failed" and failed["stage"] == "kappa" and calls == [100.0, 300.0]
+    assert len(list((partial / "fcc-Cu").glob("sscha-direct-*.pkl"))) == 2
+
+    monkeypatch.setattr(generate.kappa, "pipeline_kappa_columns", adapter)
+    resumed = compute_material(material, settings, checkpoint_dir=partial)
+    assert resumed["status"] == "ok" and calls == [100.0, 300.0], "the retry ran an SSCHA again"
+    assert [stage for stage, _ in resumed["reused_checkpoints"]] == ["sscha-direct", "sscha-direct"]
+    assert resumed["wall_time_s"] >= sum(seconds for _, seconds in resumed["reused_checkpoints"])
+    assert not (partial / "fcc-Cu").exists()
+
+    fresh = compute_material(material, settings)
+    assert calls == [100.0, 300.0, 100.0, 300.0]
+    # The stages after the checkpoint evaluate EMT again, and ASE's EMT keeps neighbour pairs within its
+    # 0.3 Å skin across calls, so its forces depend on what the calculator evaluated before (measured:
+    # ~2 % in this κ, 1e-14 in the classical σᴬ); the matgl potentials build their graph per call.
+    after = {"kappa_harmonic_W_mK", "kappa_renormalized_W_mK", "kappa_ratio", "sigma_A_classical", "sigma_A_classical_error"}
+    left_out = {"sscha_wall_time_s", "material_wall_time_s", *after}
+    for a, b in zip(resumed["rows"], fresh["rows"], strict=True):
+        assert a["kappa_ratio"] is not None
+        assert a["sigma_A_classical"] == pytest.approx(b["sigma_A_classical"], rel=1e-9)
+        assert {k: v for k, v in a.items() if k not in left_out} == {k: v for k, v in b.items() if k not in left_out}
+
+
+def test_checkpoint_keys_follow_the_inputs_and_a_torn_file_is_recomputed(tmp_path):
+    from generate.checkpoint import Checkpoints, digest
+    from generate.sscha.result import SSCHASettings
+
+    fc = np.zeros((2, 2, 3, 3))
+    moved = fc.copy()
+    moved[1, 0, 2, 2] = 1e-12
+    assert digest((fc, SSCHASettings())) == digest((fc.copy(), SSCHASettings()))
+    assert digest(fc) != digest(moved) and digest(fc) != digest(fc.astype(np.float32))
+    assert digest(SSCHASettings()) != digest(SSCHASettings(temperature_K=301.0))
+
+    checkpoints, computed = Checkpoints(tmp_path), []
+    assert checkpoints.cached("stage", fc, lambda: computed.append(1) or "value") == "value"
+    assert checkpoints.cached("stage", fc, lambda: computed.append(2) or "other") == "value" and computed == [1]
+    (path,) = tmp_path.glob("stage-*.pkl")
+    path.write_bytes(path.read_bytes()[:5])  # a write cut short
+    assert checkpoints.cached("stage", fc, lambda: computed.append(3) or "again") == "again" and computed == [1, 3]
+    assert Checkpoints(None).cached("stage", fc, lambda: "uncached") == "uncached" and not Checkpoints(None).reused
+
+    # The surrogate engine's checkpoint holds its rejections too
+    from generate.sscha.surrogate import SurrogateDiverged
+
+    diverged = SurrogateDiverged("centroid left the fit", n_potential_evaluations=64, wall_time_s=2.5)
+    back = checkpoints.cached("diverged", 0, lambda: [diverged])
+    back = Checkpoints(tmp_path).cached("diverged", 0, lambda: None)
+    assert isinstance(back[0], SurrogateDiverged) and str(back[0]) == "centroid left the fit"
+    assert (back[0].n_potential_evaluations, back[0].wall_time_s) == (64, 2.5)

@@ -15,12 +15,19 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 from ase import Atoms
 
+from generate.checkpoint import active as active_checkpoints
 from generate.sscha.direct import run_sscha
 from generate.sscha.result import SSCHAResult, SSCHASettings
 from generate.sscha.surrogate import SurrogateDiverged, SurrogateSettings
 from generate.sscha.surrogate_run import run_sscha_surrogate_temperatures
 
 log = logging.getLogger("thermobench.sscha")
+
+
+def _direct(atoms: Atoms, potential, supercell_matrix, one: SSCHASettings, harmonic) -> SSCHAResult:
+    """:func:`run_sscha` at one temperature, read back from the material's checkpoints when it ran before."""
+    inputs = (atoms, np.asarray(supercell_matrix), one, harmonic)
+    return active_checkpoints().cached("sscha-direct", inputs, lambda: run_sscha(atoms, potential, supercell_matrix, one, harmonic=harmonic))
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class DirectEngine:
             harmonic: tuple[np.ndarray, int] | None = None) -> list[SSCHAResult]:
         out = []
         for one in settings:
-            result = run_sscha(atoms, potential, supercell_matrix, one, harmonic=harmonic)
+            result = _direct(atoms, potential, supercell_matrix, one, harmonic)
             out.append(replace(result, status=f"{result.status} (direct engine)"))
         return out
 
@@ -69,10 +76,11 @@ class SurrogateEngine:
 
     def run(self, atoms: Atoms, potential, supercell_matrix, settings: list[SSCHASettings],
             harmonic: tuple[np.ndarray, int] | None = None) -> list[SSCHAResult]:
+        inputs = (atoms, np.asarray(supercell_matrix), settings, self.surrogate, self.max_relative_force_error, harmonic)
+        surrogate_results = active_checkpoints().cached("sscha-surrogate", inputs, lambda: list(run_sscha_surrogate_temperatures(
+            atoms, potential, supercell_matrix, settings, self.surrogate, harmonic, self.max_relative_force_error)))
         out = []
-        for one, result in zip(settings, run_sscha_surrogate_temperatures(
-                atoms, potential, supercell_matrix, settings, self.surrogate, harmonic, self.max_relative_force_error),
-                strict=True):
+        for one, result in zip(settings, surrogate_results, strict=True):
             reasons = [str(result)] if isinstance(result, SurrogateDiverged) else self.rejection(result)
             if not reasons:
                 report = result.surrogate
@@ -82,7 +90,7 @@ class SurrogateEngine:
                     f"in {report.n_corrections} step(s))")))
                 continue
             log.info("surrogate rejected at %g K (%s): direct engine", one.temperature_K, "; ".join(reasons))
-            direct = run_sscha(atoms, potential, supercell_matrix, one, harmonic=harmonic)
+            direct = _direct(atoms, potential, supercell_matrix, one, harmonic)
             out.append(replace(
                 direct, status=f"{direct.status} (direct engine after surrogate fall-back: {'; '.join(reasons)})",
                 n_potential_evaluations=direct.n_potential_evaluations + result.n_potential_evaluations,

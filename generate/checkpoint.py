@@ -28,6 +28,7 @@ import numpy as np
 from ase import Atoms
 
 log = logging.getLogger("thermobench.generate")
+PROGRESS = "progress.json"  # the stage a material has reached, beside its checkpoints
 
 
 def digest(value) -> str:
@@ -93,6 +94,19 @@ class Checkpoints:
         except OSError as error:  # a worker without the run folder's disk: go on without a checkpoint
             log.warning("checkpoint of %s not saved in %s: %s", stage, self.directory, error)
         return value
+
+    def mark(self, stage: str) -> None:
+        """Record in ``progress.json`` the stage the material has reached, for ``python -m generate.status``."""
+        if self.directory is None:
+            return
+        from generate.atomic import write_json_atomically
+
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_json_atomically(self.directory / PROGRESS, {"stage": stage, "since": time.time(), "host": os.uname().nodename,
+                                                              "pid": os.getpid()})
+        except OSError as error:
+            log.warning("progress of %s not saved in %s: %s", stage, self.directory, error)
 
     @property
     def reused_seconds(self) -> float:

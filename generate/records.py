@@ -99,6 +99,7 @@ def compute_material(material: Material, settings: dict, device: str = "cpu", po
 
 
 def _stage(name: str, function: Callable, *args, **kwargs):
+    active_checkpoints().mark(name)
     try:
         return function(*args, **kwargs)
     except (KeyboardInterrupt, SystemExit):

@@ -330,6 +330,23 @@ def test_a_material_stopped_after_its_sscha_resumes_from_its_checkpoints(tmp_pat
     failed = compute_material(material, settings, checkpoint_dir=partial)
     assert failed["status"] == "failed" and failed["stage"] == "kappa" and calls == [100.0, 300.0]
     assert len(list((partial / "fcc-Cu").glob("sscha-direct-*.pkl"))) == 2
+    progress = json.loads((partial / "fcc-Cu" / "progress.json").read_text())
+    assert progress["stage"] == "kappa"
+    # python -m generate.status: a stopped material, then the same one failed (as the runner records it)
+    from generate.records import RunFolder
+    from generate.status import folder_status, report
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"runs": [{"n_requested": 1}]}))
+    (progress_path := partial / "fcc-Cu" / "progress.json").write_text(json.dumps({**progress, "pid": 2**22 + 1}))
+    (entry,) = folder_status(RunFolder(tmp_path))["unfinished"]
+    assert entry["stage"] == "kappa" and entry["state"].startswith("stopped") and entry["checkpoints"] == ["sscha-direct"] * 2
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "fcc-Cu.json").write_text(json.dumps(failed))
+    status = folder_status(RunFolder(tmp_path))
+    assert status["records"] == {"failed": 1} and status["failed_stages"] == {"kappa": 1}
+    assert status["unfinished"][0]["state"] == "failed at kappa; retry_failed=true resumes it"
+    assert "fcc-Cu: stage kappa" in report(status) and "0 finished, 1 failed (kappa 1) of 1" in report(status)
+    progress_path.write_text(json.dumps(progress))
 
     monkeypatch.setattr(generate.kappa, "pipeline_kappa_columns", adapter)
     resumed = compute_material(material, settings, checkpoint_dir=partial)

@@ -529,3 +529,27 @@ def test_the_surrogate_engine_sends_a_diverged_temperature_to_the_direct_engine(
     assert hot_result.backend == "surrogate" and "surrogate engine" in hot_result.status
     assert cold_result.backend == "direct" and cold_result.converged
     assert "surrogate fall-back: SCHA on the surrogate diverged (test)" in cold_result.status
+
+
+def test_direct_sscha_stops_at_the_constrained_solution_when_modes_are_held_at_the_floor():
+    """Double wells along z held at a floor above their SCHA frequency, single wells along x and y free
+    (V = Σ ½k_c u_c² + ¼λ u_c⁴, k = (2, 2, -1) eV/Å², 600 K, a tetragonal cell so that symmetry keeps z
+    apart). The free modes must reach the analytic SCHA frequency of their own well (they stalled up to 3 %
+    above it, 4.6σ, while the held modes fed the Newton step a softening the floor never allows), and
+    the run stops once they are self-consistent, flagged, instead of spending every step."""
+    k, lam, temperature_K = np.array([2.0, 2.0, -1.0]), 20.0, 600.0
+    atoms = Atoms("Ar", cell=np.diag([3.0, 3.0, 3.5]), pbc=True)
+    atoms.set_masses([MASS_AMU])
+    floor = 1.2 * scha_frequency_THz(k[2], lam, temperature_K, quantum=True)
+    free_scha = scha_frequency_THz(k[0], lam, temperature_K, quantum=True)
+    assert floor < 0.9 * free_scha  # the free modes stay clear of the floor
+    settings = SSCHASettings(temperature_K=temperature_K, **dict(ONSITE, frequency_error_target_THz=0.05), min_frequency_THz=floor)
+    result = run_sscha(atoms, OnSiteQuartic(onsite_model_reference(atoms), k, lam), SUPERCELL, settings)
+    assert not result.converged
+    assert result.status.startswith("self-consistent with 8 modes held at the stabilization floor"), result.status
+    assert len(result.history) < settings.max_steps // 2
+    order = np.argsort(result.supercell_frequencies_THz)
+    nu, errors = result.supercell_frequencies_THz[order], result.supercell_frequency_errors_THz[order]
+    np.testing.assert_allclose(nu[:8], floor, rtol=1e-6)
+    assert errors[8:].max() <= settings.frequency_error_target_THz
+    np.testing.assert_allclose(nu[8:], free_scha, rtol=0.01)  # as the unconstrained analytic test

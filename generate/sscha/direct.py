@@ -15,6 +15,7 @@ from generate.sscha.supercell import (
     THZ_PER_OMEGA,
     Modes,
     SupercellModel,
+    eigen,
     evaluate,
     frequencies_THz,
     gaussian_modes,
@@ -192,6 +193,9 @@ def preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings
     renormalization = np.einsum("im,im->m", modes.vectors, (target - harmonic_dynamical) @ modes.vectors)
     b = modes.kappa * modes.variance / modes.variance.sum() / omega2
     residual = np.diag(in_modes).copy()
+    # A mode the floor holds keeps its amplitude whatever the step, so it feeds no other mode: counting
+    # it would make the free modes wait for a softening that never comes (they stall off their solution).
+    b[floor_held(omega2, residual, settings.min_frequency_THz)] = 0.0
     denominator = 1.0 + b @ renormalization
     if denominator > 1.0:  # net hardening: the plain step overshoots
         residual -= renormalization * (b @ residual) / denominator
@@ -216,6 +220,30 @@ def converged_gradient(gradient_norm, gradient_error, carried_error, dynamical_n
         return True
     noise2 = gradient_error**2 + carried_error**2
     return gradient_norm**2 - noise2 <= settings.gradient_error_fraction**2 * gradient_error**2
+
+
+def floor_held(values: np.ndarray, own_gradient: np.ndarray, min_frequency_THz: float) -> np.ndarray:
+    """Modes the stabilization floor holds: at ω_min (stabilize() puts them there exactly) with their own
+    gradient component pushing them below it (D <- D - step: positive lowers ω²; the SCHA wants them softer)."""
+    omega2_min = (min_frequency_THz / THZ_PER_OMEGA) ** 2
+    return (np.abs(values - omega2_min) <= 1e-6 * omega2_min) & (own_gradient > 0)
+
+
+def free_gradient(model: SupercellModel, dynamical: np.ndarray, gradient: np.ndarray, min_frequency_THz: float) -> tuple[float, np.ndarray]:
+    """The gradient's norm without the components the floor holds fixed (each held mode's own curvature),
+    and the held modes (mask over the sampled modes, in :func:`eigen`'s order). At the constrained minimum
+    those components are all that is left: eigenvectors, couplings and every other mode stay free."""
+    values, vectors = eigen(model, dynamical)
+    own = np.einsum("im,im->m", vectors, gradient @ vectors)
+    held = floor_held(values, own, min_frequency_THz)
+    total = float(np.linalg.norm(gradient))
+    return float(np.sqrt(max(0.0, total**2 - np.sum(own[held] ** 2)))), held
+
+
+def held_status(settings, n_stabilized: int) -> str:
+    """A run that reached its constrained minimum: every mode self-consistent except those held at the floor."""
+    return (f"self-consistent with {n_stabilized} modes held at the stabilization floor of {settings.min_frequency_THz} THz, "
+            "where the SCHA wants them softer: a solution of the constrained problem, not converged")
 
 
 def unconverged_status(settings, n_stabilized: int) -> str:
@@ -314,15 +342,20 @@ def run_sscha(
             settings.temperature_K, step, history[-1].free_energy_eV_atom, gradient_norm, gradient_error,
             len(ensemble.energies_eV), " (new)" if fresh else "", evaluations,
         )
+        # With modes held at the floor, the components the floor holds cannot vanish: judge the others.
+        free_norm, held = free_gradient(model, dynamical, stats.gradient, settings.min_frequency_THz)
         at_noise = converged_gradient(
-            gradient_norm, gradient_error, carried_error if fresh else 0.0, np.linalg.norm(dynamical), settings
+            free_norm, gradient_error, carried_error if fresh else 0.0, np.linalg.norm(dynamical), settings
         )
-        if fresh and at_noise and n_stabilized == 0:
+        if fresh and at_noise:
             # An independent ensemble cannot tell the gradient from noise: Φ is self-consistent.
             errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
+            if len(errors) == len(held) and not held.all():
+                errors = errors[~held]  # a held mode's frequency is the floor's, whatever its noise
             target = settings.frequency_error_target_THz
             if target is None or errors.max() <= target:
-                converged, status = True, "converged"
+                converged = n_stabilized == 0
+                status = "converged" if converged else held_status(settings, n_stabilized)
                 break
             if carried_size >= settings.max_configurations:
                 status = f"frequency error {errors.max():.3g} THz above {target} THz with {carried_size} configurations"

@@ -14,6 +14,8 @@ from generate.sscha.direct import (
     Ensemble,
     centroid_step,
     ensemble_statistics,
+    free_gradient,
+    held_status,
     mode_frequency_errors_THz,
     new_ensemble,
     preconditioned_step,
@@ -471,8 +473,10 @@ def run_scha_on_expansion(
             )
         )
         force_settled = not settings.relax_centroids or np.abs(mean_force).max() <= 1e-6
-        if gradient_norm <= tolerance * np.linalg.norm(dynamical) and force_settled and n_stabilized == 0:
-            converged, status = True, "converged"
+        free_norm = free_gradient(model, dynamical, gradient, settings.min_frequency_THz)[0] if n_stabilized else gradient_norm
+        if free_norm <= tolerance * np.linalg.norm(dynamical) and force_settled:
+            converged = n_stabilized == 0  # held modes: the constrained problem is solved, flagged as such
+            status = "converged" if converged else held_status(settings, n_stabilized)
             break
         step_matrix = preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings)
         dynamical = symmetrize_mass_weighted_fc(model, dynamical - settings.mixing * step_matrix)

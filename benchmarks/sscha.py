@@ -4,9 +4,10 @@
         [--materials NaCl CsPbBr3 SrTiO3] [--methods direct surrogate phonopy] [--target 0.02] \
         [--threads 1] [--out benchmarks/results/sscha]
 
-For each material (NaCl: 2×2×2 supercell of the primitive cell, 16 atoms; cubic CsPbBr3 and
-SrTiO3: 2×2×2 of the 5-atom cell, 40 atoms, both harmonically unstable; all relaxed with the
-potential first, untimed) at 300 K, three routes run
+For each material (NaCl, MgO and Si: 2×2×2 supercells of the primitive cell, 16 atoms; fcc Cu: 3×3×3,
+27 atoms; cubic CsPbBr3 and SrTiO3: 2×2×2 of the 5-atom cell, 40 atoms, both harmonically unstable,
+where phonopy's loop, which has no stabilization, overlaps atoms; all relaxed with the potential first,
+untimed) at 300 K, three routes run
 one after the other in this process, each until every supercell frequency has a stochastic error
 ≤ ``--target``:
 
@@ -39,7 +40,7 @@ import numpy as np
 
 from benchmarks.sscha_phonopy_crosscheck import RESULTS, compare, run_phonopy_loop, versions
 
-MATERIALS = {"NaCl": (2, 2, 2), "CsPbBr3": (2, 2, 2), "SrTiO3": (2, 2, 2)}
+MATERIALS = {"NaCl": (2, 2, 2), "MgO": (2, 2, 2), "Si": (2, 2, 2), "Cu": (3, 3, 3), "CsPbBr3": (2, 2, 2), "SrTiO3": (2, 2, 2)}
 KNOWN_METHODS = ("surrogate", "direct", "phonopy")
 
 

@@ -553,3 +553,25 @@ def test_direct_sscha_stops_at_the_constrained_solution_when_modes_are_held_at_t
     np.testing.assert_allclose(nu[:8], floor, rtol=1e-6)
     assert errors[8:].max() <= settings.frequency_error_target_THz
     np.testing.assert_allclose(nu[8:], free_scha, rtol=0.01)  # as the unconstrained analytic test
+
+
+def test_free_gradient_leaves_out_only_what_the_floor_holds():
+    """Modes at the floor are degenerate: the part of the gradient's block among them that pushes them
+    down (its positive eigenvalues, whatever basis) cannot vanish; their couplings to other modes can,
+    and so can a direction that wants to leave the floor upwards."""
+    from generate.sscha.direct import free_gradient
+
+    model = supercell_model(einstein_crystal(), SUPERCELL, SSCHASettings(**ONSITE))
+    floor, n = 0.5, model.basis.shape[1]
+    rng = np.random.default_rng(0)
+    vectors = model.basis @ np.linalg.qr(rng.normal(size=(n, n)))[0]
+    values = np.r_[np.full(8, (floor / THZ_PER_OMEGA) ** 2), np.linspace(2.0, 3.0, n - 8) * (floor / THZ_PER_OMEGA) ** 2]
+    dynamical = (vectors * values) @ vectors.T
+    a = rng.normal(size=(8, 8))
+    held = vectors[:, :8] @ (a @ a.T) @ vectors[:, :8].T  # positive definite among the modes at the floor
+    norm, at_floor = free_gradient(model, dynamical, held, floor)
+    assert at_floor.sum() == 8 and norm < 1e-6 * np.linalg.norm(held)
+    coupling = np.outer(vectors[:, 0], vectors[:, 8])
+    coupling += coupling.T
+    assert free_gradient(model, dynamical, held + 1e-3 * coupling, floor)[0] == pytest.approx(1e-3 * np.linalg.norm(coupling), rel=1e-3)
+    assert free_gradient(model, dynamical, -held, floor)[0] == pytest.approx(np.linalg.norm(held), rel=1e-12)

@@ -230,14 +230,20 @@ def floor_held(values: np.ndarray, own_gradient: np.ndarray, min_frequency_THz: 
 
 
 def free_gradient(model: SupercellModel, dynamical: np.ndarray, gradient: np.ndarray, min_frequency_THz: float) -> tuple[float, np.ndarray]:
-    """The gradient's norm without the components the floor holds fixed (each held mode's own curvature),
-    and the held modes (mask over the sampled modes, in :func:`eigen`'s order). At the constrained minimum
-    those components are all that is left: eigenvectors, couplings and every other mode stay free."""
+    """The gradient's norm without the components the floor holds fixed, and the modes at the floor (mask
+    over the sampled modes, in :func:`eigen`'s order). The modes at the floor are degenerate, so within
+    their subspace a step only rotates them and stabilize() puts them back: the part of the gradient's
+    block there that pushes them down (its positive eigenvalues) cannot vanish, and at the constrained
+    minimum it is all that is left; their couplings to the other modes, and every other mode, stay free."""
+    omega2_min = (min_frequency_THz / THZ_PER_OMEGA) ** 2
     values, vectors = eigen(model, dynamical)
-    own = np.einsum("im,im->m", vectors, gradient @ vectors)
-    held = floor_held(values, own, min_frequency_THz)
+    at_floor = np.abs(values - omega2_min) <= 1e-6 * omega2_min  # stabilize() puts them there exactly
     total = float(np.linalg.norm(gradient))
-    return float(np.sqrt(max(0.0, total**2 - np.sum(own[held] ** 2)))), held
+    if not at_floor.any():
+        return total, at_floor
+    block = vectors[:, at_floor].T @ gradient @ vectors[:, at_floor]
+    pushed_down = np.clip(np.linalg.eigvalsh(0.5 * (block + block.T)), 0.0, None)  # D <- D - step: positive lowers ω²
+    return float(np.sqrt(max(0.0, total**2 - np.sum(pushed_down**2)))), at_floor
 
 
 def held_status(settings, n_stabilized: int) -> str:

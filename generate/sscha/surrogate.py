@@ -444,6 +444,9 @@ def run_scha_on_expansion(
     )
     centroids = model.atoms.positions.copy()
     history, converged, status = [], False, None
+    # Modes near the floor can step over and back across it (seen in bcc Rb): halve the step whenever the
+    # gradient grows, as the direct loop does on one ensemble.
+    step_scale, previous_norm = settings.mixing, np.inf
     for step in range(settings.max_steps):
         shift = float(np.linalg.norm(centroids - model.atoms.positions, axis=1).max())
         if not (np.isfinite(dynamical).all() and np.isfinite(shift)):
@@ -478,8 +481,11 @@ def run_scha_on_expansion(
             converged = n_stabilized == 0  # held modes: the constrained problem is solved, flagged as such
             status = "converged" if converged else held_status(settings, n_stabilized)
             break
+        if free_norm > previous_norm:
+            step_scale /= 2
+        previous_norm = free_norm
         step_matrix = preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings)
-        dynamical = symmetrize_mass_weighted_fc(model, dynamical - settings.mixing * step_matrix)
+        dynamical = symmetrize_mass_weighted_fc(model, dynamical - step_scale * step_matrix)
         dynamical, n_stabilized = stabilize(model, dynamical, settings.min_frequency_THz)
         if settings.relax_centroids:
             centroids = centroids + centroid_step(model, dynamical, mean_force, settings)

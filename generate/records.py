@@ -16,6 +16,7 @@ import numpy as np
 
 from generate.atomic import write_json_atomically
 from generate.checkpoint import active as active_checkpoints
+from generate.checkpoint import material_checkpoints
 from generate.labels import (
     choose_supercell,
     finite_or_none,
@@ -65,8 +66,6 @@ def compute_material(material: Material, settings: dict, device: str = "cpu", po
     ``retry_failed`` resumes. ``wall_time_s`` includes the time of the stages read back, and
     ``reused_checkpoints`` names them.
     """
-    from generate.checkpoint import material_checkpoints
-
     start = time.time()
     base = {
         "record_version": RECORD_VERSION,
@@ -442,10 +441,10 @@ def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results) -> l
     adapter = getattr(kappa_module, "pipeline_kappa_columns", None)
     if adapter is None:
         return [_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point") for _ in results]
-    shared = {k: settings["harmonic"][k] for k in ("symprec", "imaginary_tolerance_THz")}
-    inputs = (cell, np.asarray(matrix), {**cfg, **shared}, np.asarray(harmonic.phonon.force_constants),
+    values = {**cfg, **{k: settings["harmonic"][k] for k in ("symprec", "imaginary_tolerance_THz")}}
+    inputs = (cell, np.asarray(matrix), values, np.asarray(harmonic.phonon.force_constants),
               [(r.temperature_K, r.force_constants_eV_A2) for r in results])
-    return active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, {**cfg, **shared}))
+    return active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, values))
 
 
 def _null_kappa(reason: str) -> dict:

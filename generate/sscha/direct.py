@@ -222,11 +222,16 @@ def converged_gradient(gradient_norm, gradient_error, carried_error, dynamical_n
     return gradient_norm**2 - noise2 <= settings.gradient_error_fraction**2 * gradient_error**2
 
 
-def floor_held(values: np.ndarray, own_gradient: np.ndarray, min_frequency_THz: float) -> np.ndarray:
-    """Modes the stabilization floor holds: at ω_min (stabilize() puts them there exactly) with their own
-    gradient component pushing them below it (D <- D - step: positive lowers ω²; the SCHA wants them softer)."""
+def at_floor(values: np.ndarray, min_frequency_THz: float) -> np.ndarray:
+    """Modes (eigenvalues ω² of D) at the stabilization floor: stabilize() puts them at ω_min² exactly."""
     omega2_min = (min_frequency_THz / THZ_PER_OMEGA) ** 2
-    return (np.abs(values - omega2_min) <= 1e-6 * omega2_min) & (own_gradient > 0)
+    return np.abs(values - omega2_min) <= 1e-6 * omega2_min
+
+
+def floor_held(values: np.ndarray, own_gradient: np.ndarray, min_frequency_THz: float) -> np.ndarray:
+    """Modes the stabilization floor holds: at it, with their own gradient component pushing them below
+    it (D <- D - step: positive lowers ω²; the SCHA wants them softer)."""
+    return at_floor(values, min_frequency_THz) & (own_gradient > 0)
 
 
 def free_gradient(model: SupercellModel, dynamical: np.ndarray, gradient: np.ndarray, min_frequency_THz: float) -> tuple[float, np.ndarray]:
@@ -235,15 +240,14 @@ def free_gradient(model: SupercellModel, dynamical: np.ndarray, gradient: np.nda
     their subspace a step only rotates them and stabilize() puts them back: the part of the gradient's
     block there that pushes them down (its positive eigenvalues) cannot vanish, and at the constrained
     minimum it is all that is left; their couplings to the other modes, and every other mode, stay free."""
-    omega2_min = (min_frequency_THz / THZ_PER_OMEGA) ** 2
     values, vectors = eigen(model, dynamical)
-    at_floor = np.abs(values - omega2_min) <= 1e-6 * omega2_min  # stabilize() puts them there exactly
+    floor = at_floor(values, min_frequency_THz)
     total = float(np.linalg.norm(gradient))
-    if not at_floor.any():
-        return total, at_floor
-    block = vectors[:, at_floor].T @ gradient @ vectors[:, at_floor]
+    if not floor.any():
+        return total, floor
+    block = vectors[:, floor].T @ gradient @ vectors[:, floor]
     pushed_down = np.clip(np.linalg.eigvalsh(0.5 * (block + block.T)), 0.0, None)  # D <- D - step: positive lowers ω²
-    return float(np.sqrt(max(0.0, total**2 - np.sum(pushed_down**2)))), at_floor
+    return float(np.sqrt(max(0.0, total**2 - np.sum(pushed_down**2)))), floor
 
 
 def held_status(settings, n_stabilized: int) -> str:
@@ -349,14 +353,15 @@ def run_sscha(
             len(ensemble.energies_eV), " (new)" if fresh else "", evaluations,
         )
         # With modes held at the floor, the components the floor holds cannot vanish: judge the others.
-        free_norm, held = free_gradient(model, dynamical, stats.gradient, settings.min_frequency_THz)
+        free_norm, held = (free_gradient(model, dynamical, stats.gradient, settings.min_frequency_THz) if n_stabilized
+                           else (gradient_norm, None))
         at_noise = converged_gradient(
             free_norm, gradient_error, carried_error if fresh else 0.0, np.linalg.norm(dynamical), settings
         )
         if fresh and at_noise:
             # An independent ensemble cannot tell the gradient from noise: Φ is self-consistent.
             errors = stats.frequency_errors_THz if carried_frequency_errors is None else carried_frequency_errors
-            if len(errors) == len(held) and not held.all():
+            if held is not None and len(errors) == len(held) and not held.all():
                 errors = errors[~held]  # a held mode's frequency is the floor's, whatever its noise
             target = settings.frequency_error_target_THz
             if target is None or errors.max() <= target:

@@ -547,12 +547,38 @@ def test_direct_sscha_stops_at_the_constrained_solution_when_modes_are_held_at_t
     result = run_sscha(atoms, OnSiteQuartic(onsite_model_reference(atoms), k, lam), SUPERCELL, settings)
     assert not result.converged
     assert result.status.startswith("self-consistent with 8 modes held at the stabilization floor"), result.status
+    assert result.history[0].n_stabilized_modes == 8  # the harmonic start is already held (k_z < 0)
     assert len(result.history) < settings.max_steps // 2
     order = np.argsort(result.supercell_frequencies_THz)
     nu, errors = result.supercell_frequencies_THz[order], result.supercell_frequency_errors_THz[order]
     np.testing.assert_allclose(nu[:8], floor, rtol=1e-6)
     assert errors[8:].max() <= settings.frequency_error_target_THz
     np.testing.assert_allclose(nu[8:], free_scha, rtol=0.01)  # as the unconstrained analytic test
+
+
+def test_direct_sscha_with_held_modes_stops_when_its_free_gradient_stalls(monkeypatch):
+    """The crystal above, with a free gradient that only grows (as when modes cross the floor and back):
+    the run stops after STALLED_ENSEMBLES fresh ensembles that fail to lower it, not after max_steps,
+    and says so."""
+    from generate.sscha import direct
+
+    k, lam, temperature_K = np.array([2.0, 2.0, -1.0]), 20.0, 600.0
+    atoms = Atoms("Ar", cell=np.diag([3.0, 3.0, 3.5]), pbc=True)
+    atoms.set_masses([MASS_AMU])
+    floor = 1.2 * scha_frequency_THz(k[2], lam, temperature_K, quantum=True)
+    # ess_threshold 1: every step on a fresh ensemble, as in fcc Hg at 300 K
+    settings = SSCHASettings(temperature_K=temperature_K, **ONSITE, min_frequency_THz=floor, ess_threshold=1.0)
+    calls, exact = [], direct.free_gradient
+
+    def growing(*args):
+        calls.append(1)
+        return float(len(calls)), exact(*args)[1]
+
+    monkeypatch.setattr(direct, "free_gradient", growing)
+    result = run_sscha(atoms, OnSiteQuartic(onsite_model_reference(atoms), k, lam), SUPERCELL, settings)
+    assert not result.converged
+    assert result.status.startswith("stalled with 8 modes held at the stabilization floor"), result.status
+    assert [step.new_ensemble for step in result.history] == [True] * (1 + direct.STALLED_ENSEMBLES)
 
 
 def test_free_gradient_leaves_out_only_what_the_floor_holds():

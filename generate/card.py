@@ -289,7 +289,8 @@ def fidelity_section(ok: list[dict], failed: list[dict], rows: list[dict], setti
                   f"{settings['sscha'].get('min_frequency_THz', 0.5)} THz because the SCHA wants them softer (a structural "
                   "instability of the cell at that temperature, or the potential's); they are flagged, not converged, "
                   "and explained in `sscha_status`. The other modes are solved self-consistently with those held "
-                  "(the constrained SCHA; `sscha_status` says \"self-consistent with N modes held\" when it was reached).")
+                  "(the constrained SCHA; `sscha_status` says \"self-consistent with N modes held\" when it was reached, "
+                  "\"stalled with N modes held\" when modes crossing the floor and back kept it from being reached).")
     lines += ["", floor_text]
     n_attempted = len(ok) + len(failed)
     stages = Counter(r.get("stage") for r in failed)

@@ -531,16 +531,22 @@ def test_the_surrogate_engine_sends_a_diverged_temperature_to_the_direct_engine(
     assert "surrogate fall-back: SCHA on the surrogate diverged (test)" in cold_result.status
 
 
-def test_direct_sscha_stops_at_the_constrained_solution_when_modes_are_held_at_the_floor():
-    """Double wells along z held at a floor above their SCHA frequency, single wells along x and y free
-    (V = Σ ½k_c u_c² + ¼λ u_c⁴, k = (2, 2, -1) eV/Å², 600 K, a tetragonal cell so that symmetry keeps z
-    apart). The free modes must reach the analytic SCHA frequency of their own well (they stalled up to 3 %
-    above it, 4.6σ, while the held modes fed the Newton step a softening the floor never allows), and
-    the run stops once they are self-consistent, flagged, instead of spending every step."""
+def held_z_crystal():
+    """Double wells along z, single wells along x and y (V = Σ ½k_c u_c² + ¼λ u_c⁴, k = (2, 2, -1) eV/Å²,
+    600 K, a tetragonal cell so that symmetry keeps z apart), and a floor 1.2× the wells' SCHA frequency."""
     k, lam, temperature_K = np.array([2.0, 2.0, -1.0]), 20.0, 600.0
     atoms = Atoms("Ar", cell=np.diag([3.0, 3.0, 3.5]), pbc=True)
     atoms.set_masses([MASS_AMU])
     floor = 1.2 * scha_frequency_THz(k[2], lam, temperature_K, quantum=True)
+    return atoms, k, lam, temperature_K, floor
+
+
+def test_direct_sscha_stops_at_the_constrained_solution_when_modes_are_held_at_the_floor():
+    """Double wells along z held at a floor above their SCHA frequency, single wells along x and y free
+    (:func:`held_z_crystal`). The free modes must reach the analytic SCHA frequency of their own well (they stalled up to 3 %
+    above it, 4.6σ, while the held modes fed the Newton step a softening the floor never allows), and
+    the run stops once they are self-consistent, flagged, instead of spending every step."""
+    atoms, k, lam, temperature_K, floor = held_z_crystal()
     free_scha = scha_frequency_THz(k[0], lam, temperature_K, quantum=True)
     assert floor < 0.9 * free_scha  # the free modes stay clear of the floor
     settings = SSCHASettings(temperature_K=temperature_K, **dict(ONSITE, frequency_error_target_THz=0.05), min_frequency_THz=floor)
@@ -562,10 +568,7 @@ def test_direct_sscha_with_held_modes_stops_when_its_free_gradient_stalls(monkey
     and says so."""
     from generate.sscha import direct
 
-    k, lam, temperature_K = np.array([2.0, 2.0, -1.0]), 20.0, 600.0
-    atoms = Atoms("Ar", cell=np.diag([3.0, 3.0, 3.5]), pbc=True)
-    atoms.set_masses([MASS_AMU])
-    floor = 1.2 * scha_frequency_THz(k[2], lam, temperature_K, quantum=True)
+    atoms, k, lam, temperature_K, floor = held_z_crystal()
     # ess_threshold 1: every step on a fresh ensemble, as in fcc Hg at 300 K
     settings = SSCHASettings(temperature_K=temperature_K, **ONSITE, min_frequency_THz=floor, ess_threshold=1.0)
     calls, exact = [], direct.free_gradient

@@ -313,9 +313,7 @@ def run_sscha(
     rng = np.random.default_rng(settings.seed)
     model = supercell_model(atoms, supercell_matrix, settings)
     fc_harmonic, evaluations = harmonic if harmonic is not None else harmonic_force_constants(model, potential, settings)
-    mass_outer, harmonic_dynamical, dynamical, n_stabilized = starting_dynamical_matrices(
-        model, fc_harmonic, initial_force_constants, settings
-    )
+    _, harmonic_dynamical, dynamical, n_stabilized = starting_dynamical_matrices(model, fc_harmonic, initial_force_constants, settings)
     centroids = model.atoms.positions.copy()
 
     n_configurations = settings.n_configurations

@@ -123,6 +123,13 @@ def mesh_frequency_mae(reference_THz: np.ndarray, candidate_THz: np.ndarray, wei
     return float(absolute.mean(axis=1) @ weights / weights.sum())
 
 
+def mesh_mean_frequency_change(reference_THz: np.ndarray, candidate_THz: np.ndarray, weights: np.ndarray) -> float:
+    """Relative change of the q-weighted mean frequency, candidate vs reference (imaginary frequencies count as
+    negative): the signed counterpart of :func:`mesh_frequency_mae`, negative for a softer candidate."""
+    weights = np.asarray(weights, float)
+    return float(np.asarray(candidate_THz).mean(axis=1) @ weights / (np.asarray(reference_THz).mean(axis=1) @ weights) - 1)
+
+
 def to_phonopy_atoms(atoms: Atoms):
     from phonopy.structure.atoms import PhonopyAtoms
 

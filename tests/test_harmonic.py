@@ -143,3 +143,17 @@ def test_validate_phonons_writes_outside_the_committed_results_by_default(shared
                                              f"datasets={datasets}"]))
     report = tmp_path / "outputs" / "validate_phonons" / "M3GNet-MP-2021.2.8-PES" / "report.json"
     assert report.is_file() and "skipped" in report.read_text()
+
+
+def test_mesh_mean_frequency_change_is_signed_and_weighted():
+    """A spectrum scaled by s changes by s - 1 whatever the weights; the q-weights decide how much each
+    q-point's bands count (here a softened q-point of weight 3 against an unchanged one of weight 1)."""
+    import numpy as np
+
+    from generate.harmonic import mesh_mean_frequency_change
+
+    reference = np.array([[0.0, 2.0, 4.0], [1.0, 3.0, 5.0]])
+    assert mesh_mean_frequency_change(reference, 0.8 * reference, [1, 7]) == pytest.approx(-0.2, rel=1e-12)
+    softened = reference.copy()
+    softened[1] = [-1.0, 3.0, 5.0]  # an imaginary mode counts as negative: the mean drops by 2/3 THz
+    assert mesh_mean_frequency_change(reference, softened, [1, 3]) == pytest.approx((3 * -2 / 3) / (1 * 2 + 3 * 3), rel=1e-12)

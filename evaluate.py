@@ -36,13 +36,24 @@ def locate_run(ckpt_path: str | Path) -> tuple[Path, dict, dict[str, Path]]:
     if run_dir is None or not (run_dir / "train_summary.json").is_file():
         raise FileNotFoundError(f"{path} is not inside a train.py run directory (no train_summary.json found above it)")
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    artifacts = {split: Path(info["artifact"]) for split, info in summary["splits"].items()}
+    artifacts = {split: in_run(run_dir, split, info["artifact"]) for split, info in summary["splits"].items()}
     if path.is_file():  # a specific model file replaces the one its split directory recorded
         split = path.relative_to(run_dir).parts[0]
         if split not in artifacts:
             raise ValueError(f"{path} is not under one of the run's split directories {sorted(artifacts)}")
         artifacts[split] = path
     return run_dir, summary, artifacts
+
+
+def in_run(run_dir: Path, split: str, recorded: str) -> Path:
+    """A split's model file under ``run_dir`` (its path from the last ``<split>/`` on), else the path train.py
+    recorded: a moved or downloaded run (``validate --reproduce`` on a supplied checkpoint) uses its own files."""
+    path = Path(recorded)
+    if split in path.parts:
+        moved = run_dir.joinpath(*path.parts[len(path.parts) - 1 - path.parts[::-1].index(split):])
+        if moved.is_file():
+            return moved
+    return path
 
 
 def model_key_for(model_name: str, dataset: str, task: str) -> str:
@@ -123,6 +134,10 @@ def evaluate(cfg: DictConfig) -> dict:
                         for s, i in summary["splits"].items()}},
         "date_added": datetime.date.today().isoformat(),
         "status": "active",
+        # what `python -m thermobench.leaderboard validate --reproduce RUN_DIR` checks a supplied run against
+        "checkpoints": {split: {"file": artifact.resolve().relative_to(run_dir).as_posix()
+                                if artifact.resolve().is_relative_to(run_dir) else artifact.name,
+                                "sha256": leaderboard.sha256_of(artifact)} for split, artifact in artifacts.items()},
     }
     entry = json.loads(json.dumps(entry, default=str))  # plain types only in the YAML
     leaderboard.check_entry(entry, root, label=model_key)

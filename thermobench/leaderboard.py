@@ -1,13 +1,19 @@
 """The leaderboard as data: one YAML per submission, validated, ranked by declared metric directions.
 
-``python -m thermobench.leaderboard validate`` checks every entry (schema, predictions, dataset
-version, that the stored metrics are reproduced from the predictions file);
-``python -m thermobench.leaderboard render`` writes ``LEADERBOARD.md`` and ``leaderboard/leaderboard.png``.
+``python -m thermobench.leaderboard validate`` checks every entry (schema, predictions, that the
+dataset is an official one whose test labels match the registered checksum, that the stored metrics
+are reproduced from the predictions file against those labels);
+``python -m thermobench.leaderboard validate --dir ENTRY.yml --reproduce RUN_DIR`` re-predicts an
+entry with ``evaluate.py`` from the checkpoints it names and records the reproduction;
+``python -m thermobench.leaderboard render`` writes ``LEADERBOARD.md`` and ``leaderboard/leaderboard.png``,
+one table per dataset version, task and split;
+``python -m thermobench.leaderboard register FOLDER`` updates an official dataset's registry record.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -21,6 +27,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY_COLUMNS = ("material_id", "temperature_K")
 PREDICTION_COLUMNS = (*KEY_COLUMNS, "split", "prediction", "target", "dataset_version")
 MATCH_TOLERANCE = 1e-9
+# Test labels are public. A regression entry whose MAE on a split is below this fraction of the labels'
+# mean absolute deviation (the MAE of predicting their own mean) reproduces the labels rather than
+# predicting them; it is accepted only once `validate --reproduce` has re-predicted it from its checkpoints.
+EXACT_FRACTION = 0.01
+# Re-predicting on another machine (CPU vs GPU, float32 networks) may move predictions this much.
+REPRODUCE_RTOL, REPRODUCE_ATOL = 1e-5, 1e-6
+REPRODUCTIONS = "reproductions.json"  # beside the entries; written only by `validate --reproduce`
 
 _METRIC = {
     "type": "object",
@@ -77,6 +90,12 @@ ENTRY_SCHEMA = {
         "date_added": {"type": "string"},
         "status": {"enum": ["active", "superseded"]},
         "superseded_by": {"type": "string"},
+        "checkpoints": {  # per split: the model file evaluate.py scored (sha256), for `validate --reproduce`
+            "type": "object",
+            "additionalProperties": {"type": "object", "required": ["sha256"],
+                                     "properties": {"file": {"type": "string"},
+                                                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}},
+        },
     },
 }
 
@@ -181,23 +200,32 @@ def with_dataset_targets(predictions: pd.DataFrame, expected: pd.DataFrame, labe
     return merged.drop(columns=[c for c in ("target",) if c in merged.columns]).rename(columns={"_truth": "target"})
 
 
-def check_entry(entry: dict, root: Path = REPO_ROOT, expected: dict[str, pd.DataFrame] | None = None,
-                dataset_version: str | None = None, label: str = "entry") -> None:
-    """Validate one entry: schema, its task, predictions file and its metrics.
-
-    Args:
-        root: the folder the predictions path is relative to (the entry's own folder).
-        expected: per split configuration, the test rows the predictions must cover and their true
-            targets (``target`` column). Given, the metrics are recomputed against these targets.
-        dataset_version: the version of the dataset the leaderboard is scored on (optional).
-    """
+def check_schema(entry, label: str) -> None:
     import jsonschema
 
+    if not isinstance(entry, dict):
+        raise LeaderboardError(f"{label}: an entry is a YAML mapping of fields, not {type(entry).__name__}")
     try:
         jsonschema.validate(entry, ENTRY_SCHEMA)
     except jsonschema.ValidationError as error:
         where = "/".join(map(str, error.absolute_path)) or "top level"
         raise LeaderboardError(f"{label}: schema violation at {where}: {error.message}") from None
+
+
+def check_entry(entry: dict, root: Path = REPO_ROOT, expected: dict[str, pd.DataFrame] | None = None,
+                dataset_version: str | None = None, label: str = "entry", reproduced: dict | None = None) -> dict[str, dict]:
+    """Validate one entry: schema, its task, predictions file and its metrics; return the rescored metrics.
+
+    Args:
+        root: the folder the predictions path is relative to (the entry's own folder).
+        expected: per split configuration, the test rows the predictions must cover and their true
+            targets (``target`` column). Given, the metrics are recomputed against these targets and an
+            entry that reproduces them (:data:`EXACT_FRACTION`) must be in ``reproduced``.
+        dataset_version: the version of the dataset the leaderboard is scored on (optional).
+        reproduced: the folder's reproduction records (:data:`REPRODUCTIONS`), by model_key; None: the
+            exact-entry rule is not applied (``validate --reproduce`` checks an entry before recording it).
+    """
+    check_schema(entry, label)
     check_task(entry["task"], label)
     kind = entry["task"]["kind"]
     allowed = set(metrics.CLASSIFICATION_METRICS if kind == "classification" else metrics.REGRESSION_METRICS) | {"n"}
@@ -243,6 +271,37 @@ def check_entry(entry: dict, root: Path = REPO_ROOT, expected: dict[str, pd.Data
                     f"{label}: {split}/{name} = {metric['value']} is not reproduced by the predictions "
                     f"({rescored[split][name]['value']})"
                 )
+    if expected is not None and reproduced is not None and kind == "regression":
+        check_not_exact(entry, predictions, reproduced, label)
+    return rescored
+
+
+def exact_splits(predictions: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Splits whose MAE is below :data:`EXACT_FRACTION` of the labels' mean absolute deviation: (MAE, deviation)."""
+    out = {}
+    for split, group in predictions.groupby("split", sort=True):
+        target, prediction = group["target"].to_numpy(float), group["prediction"].to_numpy(float)
+        deviation = float(np.mean(np.abs(target - target.mean())))
+        error = float(np.mean(np.abs(prediction - target)))
+        if error <= EXACT_FRACTION * deviation:
+            out[split] = (error, deviation)
+    return out
+
+
+def check_not_exact(entry: dict, predictions: pd.DataFrame, reproduced: dict, label: str) -> None:
+    """Refuse an entry that reproduces the public test labels unless its predictions were reproduced from its checkpoints."""
+    exact = exact_splits(predictions)
+    if not exact:
+        return
+    record = reproduced.get(entry["model_key"], {})
+    if record.get("predictions_sha256") == entry["predictions"]["sha256"]:
+        return
+    shown = ", ".join(f"{split} MAE {mae:.3g} < {EXACT_FRACTION:g} × the labels' deviation {dev:.3g}" for split, (mae, dev) in exact.items())
+    raise LeaderboardError(
+        f"{label}: reproduces the public test labels ({shown}); such an entry is accepted only after "
+        f"`python -m thermobench.leaderboard validate --dir <entry.yml> --reproduce <run dir>` has re-predicted it "
+        f"with evaluate.py from the checkpoints it names (recorded in {REPRODUCTIONS})"
+    )
 
 
 def load_entries(path: Path) -> list[tuple[Path, dict]]:
@@ -259,14 +318,33 @@ def load_entries(path: Path) -> list[tuple[Path, dict]]:
     entries = []
     for file in files:
         try:
-            entries.append((file, yaml.safe_load(file.read_text())))
+            entry = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise LeaderboardError(f"{file.name}: not a text (UTF-8) YAML file ({error.reason} at byte {error.start})") from None
         except yaml.YAMLError as error:
             raise LeaderboardError(f"{file.name}: not valid YAML ({error})") from None
+        if not isinstance(entry, dict):
+            raise LeaderboardError(f"{file.name}: a leaderboard entry is a YAML mapping of fields, not {type(entry).__name__}")
+        entries.append((file, entry))
     return entries
 
 
+def read_reproductions(folder: Path) -> dict:
+    path = Path(folder) / REPRODUCTIONS
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LeaderboardError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(records, dict):
+        raise LeaderboardError(f"{path}: a mapping of model_key to reproduction record, not {type(records).__name__}")
+    return records
+
+
 def validate_all(directory: Path = REPO_ROOT / "leaderboard", root: Path | None = None, with_dataset: bool = True) -> int:
-    """Check every entry of a folder (or one entry file) against the dataset's test splits, labels and version.
+    """Check every entry of a folder (or one entry file) against its official dataset's test splits,
+    labels and version (:mod:`thermobench.official_datasets`).
 
     Predictions paths are relative to each entry's folder (``root`` overrides that).
     """
@@ -275,45 +353,111 @@ def validate_all(directory: Path = REPO_ROOT / "leaderboard", root: Path | None 
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
         raise LeaderboardError(f"model_key used by more than one entry: {duplicates}")
-    cache: dict[tuple, tuple] = {}
+    datasets: dict[str, tuple] = {}
     for path, entry in entries:
-        expected, version = None, None
+        check_schema(entry, path.name)
+        expected, version, reproduced = None, None, None
         if with_dataset:
-            name = entry.get("dataset", {}).get("name", "thermobench-mini")
-            task_name = entry.get("task", {}).get("name")
-            if (name, task_name) not in cache:
-                cache[(name, task_name)] = _expected_rows(name, task_name)
-            expected, version = cache[(name, task_name)]
-        check_entry(entry, root or path.parent, expected, version, label=path.name)
+            name, task_name = entry["dataset"]["name"], entry["task"]["name"]
+            if name not in datasets:
+                datasets[name] = official_data(name, path.name)
+            expected, version = _expected_rows(datasets[name], task_name), datasets[name][1]
+            reproduced = read_reproductions(path.parent)
+        check_entry(entry, root or path.parent, expected, version, label=path.name, reproduced=reproduced)
         if path.stem != entry["model_key"]:
             raise LeaderboardError(f"{path.name}: file name must be <model_key>.yml ({entry['model_key']}.yml)")
     return len(entries)
 
 
-def _expected_rows(dataset: str, task_name: str) -> tuple[dict[str, pd.DataFrame], str]:
+def official_data(name: str, label: str) -> tuple[dict[str, pd.DataFrame], str]:
+    """An official dataset's test splits (checksum checked) and version; anything else is a LeaderboardError."""
+    from thermobench.official_datasets import DatasetNotOfficialError, official_test_frames
+
+    try:
+        return official_test_frames(name)
+    except DatasetNotOfficialError as error:
+        raise LeaderboardError(f"{label}: {error}") from None
+
+
+def _expected_rows(data: tuple[dict[str, pd.DataFrame], str], task_name: str) -> dict[str, pd.DataFrame]:
     """Per split configuration: the labelled test rows and their true targets (from the official task)."""
-    from thermobench.datamodule import SPLIT_CONFIGS, load_frame
     from thermobench.tasks import Task
 
     official = official_task(task_name)
     task = Task(**{k: v for k, v in official.items() if k != "_target_"})
-    target = task.target
-
-    expected, versions = {}, set()
-    for split in SPLIT_CONFIGS:
-        frame = load_frame(dataset, split, "test")
-        versions |= set(frame["dataset_version"].astype(str))
-        if target not in frame.columns:
-            raise LeaderboardError(f"{dataset}: no column {target!r} to score against")
-        labelled = frame.loc[np.isfinite(pd.to_numeric(frame[target], errors="coerce").to_numpy(float))]
+    frames, _ = data
+    expected = {}
+    for split, frame in frames.items():
+        if task.target not in frame.columns:
+            raise LeaderboardError(f"the dataset has no column {task.target!r} to score task {task_name!r} against")
+        labelled = frame.loc[np.isfinite(pd.to_numeric(frame[task.target], errors="coerce").to_numpy(float))]
         expected[split] = labelled[list(KEY_COLUMNS)].assign(target=task.labels(labelled))
-    if len(versions) != 1:
-        raise LeaderboardError(f"{dataset}: test splits hold several dataset versions {sorted(versions)}")
-    return expected, versions.pop()
+    return expected
+
+
+def reproduce(entry_path: Path, run_dir: Path) -> dict:
+    """Re-predict an entry with ``evaluate.py`` from a train.py run directory and record the reproduction.
+
+    The run's model files must be the ones the entry names (``checkpoints``, sha256), and the fresh
+    predictions must equal the entry's file row by row (within :data:`REPRODUCE_RTOL`/``ATOL``). On
+    success the entry's predictions checksum is written to :data:`REPRODUCTIONS` beside it, which is
+    what lets an entry that reproduces the test labels through ``validate``.
+    """
+    import datetime
+    import subprocess
+    import sys
+    import tempfile
+
+    (path, entry), = load_entries(entry_path)
+    check_schema(entry, path.name)
+    data = official_data(entry["dataset"]["name"], path.name)
+    check_entry(entry, path.parent, _expected_rows(data, entry["task"]["name"]), data[1], label=path.name, reproduced=None)
+    named = entry.get("checkpoints")
+    if not named:
+        raise LeaderboardError(f"{path.name}: names no checkpoints (sha256 per split), so nothing can reproduce it; "
+                               "evaluate.py writes them")
+    with tempfile.TemporaryDirectory() as scratch:
+        command = [sys.executable, str(REPO_ROOT / "evaluate.py"), f"ckpt_path={Path(run_dir).resolve()}",
+                   f"leaderboard_dir={scratch}", f"model_key={entry['model_key']}", f"dataset={entry['dataset']['name']}",
+                   "feature_importance=false", f"hydra.run.dir={scratch}/hydra"]
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise LeaderboardError(f"{path.name}: evaluate.py failed on {run_dir}:\n{done.stderr[-2000:]}")
+        fresh_entry = yaml.safe_load((Path(scratch) / f"{entry['model_key']}.yml").read_text())
+        fresh = pd.read_parquet(Path(scratch) / fresh_entry["predictions"]["path"])
+    got = {split: info["sha256"] for split, info in fresh_entry["checkpoints"].items()}
+    want = {split: info["sha256"] for split, info in named.items()}
+    if got != want:
+        raise LeaderboardError(f"{path.name}: {run_dir} holds other model files than the entry names "
+                               f"(sha256 per split: entry {want}, run {got})")
+    submitted = pd.read_parquet(path.parent / entry["predictions"]["path"])
+    keys = ["split", *KEY_COLUMNS]
+    merged = submitted[[*keys, "prediction"]].merge(fresh[[*keys, "prediction"]], on=keys, how="outer",
+                                                   suffixes=("", "_fresh"), indicator=True)
+    unmatched = merged["_merge"] != "both"
+    if unmatched.any():
+        raise LeaderboardError(f"{path.name}: {int(unmatched.sum())} rows are predicted by only one of the entry and "
+                               "the re-run")
+    a, b = merged["prediction"].to_numpy(float), merged["prediction_fresh"].to_numpy(float)
+    off = ~np.isclose(a, b, rtol=REPRODUCE_RTOL, atol=REPRODUCE_ATOL)
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise LeaderboardError(
+            f"{path.name}: the checkpoints do not reproduce the predictions file: {int(off.sum())} rows differ, e.g. "
+            f"{tuple(merged.loc[i, keys])}: entry {a[i]:.6g}, re-run {b[i]:.6g}"
+        )
+    records = read_reproductions(path.parent)
+    records[entry["model_key"]] = {"predictions_sha256": entry["predictions"]["sha256"], "checkpoints": want,
+                                   "max_abs_difference": float(np.max(np.abs(a - b))),
+                                   "date": datetime.date.today().isoformat()}
+    (path.parent / REPRODUCTIONS).write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
+    return records[entry["model_key"]]
 
 
 def ranking(entries: list[dict], task: str, split: str, metric: str) -> list[dict]:
-    """Active entries of a task that report ``metric`` on ``split``, best first by its direction."""
+    """Active entries of a task that report ``metric`` on ``split``, best first by its direction.
+
+    Call it on the entries of one dataset version: rankings never mix datasets."""
     rows = [e for e in entries if e["task"]["name"] == task and e["status"] == "active" and metric in e["metrics"].get(split, {})]
     sign = 1 if metrics.DIRECTIONS[metric] == "lower" else -1
     return sorted(rows, key=lambda e: sign * e["metrics"][split][metric]["value"])
@@ -323,51 +467,67 @@ def _format(value: float) -> str:
     return f"{value:.4g}"
 
 
+def mean_ratio(mean_mae: float, mae: float) -> str:
+    """The mean baseline's MAE over the model's, readable: "exact" for an MAE of 0, three digits otherwise."""
+    if mae == 0:
+        return "∞ (exact)"
+    ratio = mean_mae / mae
+    return f"{ratio:.2f}" if ratio < 1000 else f"{ratio:.3g}"
+
+
 def render(directory: Path = REPO_ROOT / "leaderboard", markdown: Path = REPO_ROOT / "LEADERBOARD.md",
            figure: Path | None = None) -> tuple[Path, Path]:
-    """Write the Markdown tables and the ranking figure from the entries in ``directory``."""
+    """Write the Markdown tables and the ranking figure from the entries in ``directory``: one section per
+    dataset version, each table with that dataset's own mean baseline."""
     entries = [entry for _, entry in load_entries(directory)]
     figure = figure or Path(directory) / "leaderboard.png"
     lines = ["# thermobench leaderboard", "",
              "Generated by `python -m thermobench.leaderboard render` from `leaderboard/*.yml`; do not edit by hand.",
+             "Entries are ranked only against entries on the same dataset version.",
              "Each table is sorted by its first metric in its declared direction (↓ lower is better, ↑ higher).",
-             "`× mean` is the mean baseline's MAE divided by the model's (higher is better).", ""]
-    tasks = sorted({e["task"]["name"] for e in entries})
+             "`× mean` is the same dataset's mean baseline MAE divided by the model's (higher is better).", ""]
     panels = []
-    for task in tasks:
-        task_entries = [e for e in entries if e["task"]["name"] == task]
-        kind, unit = task_entries[0]["task"]["kind"], task_entries[0]["task"]["unit"]
-        names = metrics.CLASSIFICATION_METRICS if kind == "classification" else metrics.REGRESSION_METRICS
-        primary = metrics.PRIMARY[kind]
-        lines += [f"## {task} (`{task_entries[0]['task']['target']}`, {kind}, unit {unit})", ""]
-        for split in ("random", "ood"):
-            ranked = ranking(task_entries, task, split, primary)
-            if not ranked:
-                continue
-            mean = next((e for e in ranked if e["model_name"] == "mean"), None)
-            header = ["model", *[f"{n} {'↓' if metrics.DIRECTIONS[n] == 'lower' else '↑'}" for n in names], "n"]
-            if kind == "regression" and mean:
-                header.append("× mean")
-            header += ["train s", "dataset"]
-            lines += [f"**{split} split** (test rows)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            for e in ranked:
-                values = e["metrics"][split]
-                cells = [f"[{e['model_name']}](leaderboard/{e['model_key']}.yml)"]
-                cells += [_format(values[n]["value"]) if n in values else "" for n in names]
-                cells.append(str(values["n"]))
-                if kind == "regression" and mean:
-                    ratio = mean["metrics"][split]["mae"]["value"] / max(values["mae"]["value"], 1e-300)
-                    cells.append(f"{ratio:.2f}")
-                cells += [_format(e["run_time"]["train_s"].get(split, float("nan"))), e["dataset"]["version"]]
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
-            panels.append((task, split, primary, unit, ranked))
-        superseded = [e for e in task_entries if e["status"] == "superseded"]
-        if superseded:
-            lines += ["Superseded: " + ", ".join(f"{e['model_key']} (by {e.get('superseded_by', '?')})" for e in superseded), ""]
+    for dataset, version in sorted({(e["dataset"]["name"], e["dataset"]["version"]) for e in entries}):
+        lines += [f"## {dataset} {version}", ""]
+        on_dataset = [e for e in entries if (e["dataset"]["name"], e["dataset"]["version"]) == (dataset, version)]
+        for task in sorted({e["task"]["name"] for e in on_dataset}):
+            lines += _task_tables([e for e in on_dataset if e["task"]["name"] == task], f"{dataset} {version}", panels)
     Path(markdown).write_text("\n".join(lines))
     _plot(panels, figure)
     return Path(markdown), Path(figure)
+
+
+def _task_tables(task_entries: list[dict], dataset: str, panels: list) -> list[str]:
+    task = task_entries[0]["task"]["name"]
+    kind, unit = task_entries[0]["task"]["kind"], task_entries[0]["task"]["unit"]
+    names = metrics.CLASSIFICATION_METRICS if kind == "classification" else metrics.REGRESSION_METRICS
+    primary = metrics.PRIMARY[kind]
+    lines = [f"### {task} (`{task_entries[0]['task']['target']}`, {kind}, unit {unit})", ""]
+    for split in ("random", "ood"):
+        ranked = ranking(task_entries, task, split, primary)
+        if not ranked:
+            continue
+        mean = next((e for e in ranked if e["model_name"] == "mean"), None)
+        header = ["model", *[f"{n} {'↓' if metrics.DIRECTIONS[n] == 'lower' else '↑'}" for n in names], "n"]
+        if kind == "regression" and mean:
+            header.append("× mean")
+        header += ["train s"]
+        lines += [f"**{split} split** (test rows)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for e in ranked:
+            values = e["metrics"][split]
+            cells = [f"[{e['model_name']}](leaderboard/{e['model_key']}.yml)"]
+            cells += [_format(values[n]["value"]) if n in values else "" for n in names]
+            cells.append(str(values["n"]))
+            if kind == "regression" and mean:
+                cells.append(mean_ratio(mean["metrics"][split]["mae"]["value"], values["mae"]["value"]))
+            cells += [_format(e["run_time"]["train_s"].get(split, float("nan")))]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        panels.append((f"{dataset} {task}", split, primary, unit, ranked))
+    superseded = [e for e in task_entries if e["status"] == "superseded"]
+    if superseded:
+        lines += ["Superseded: " + ", ".join(f"{e['model_key']} (by {e.get('superseded_by', '?')})" for e in superseded), ""]
+    return lines
 
 
 def _plot(panels, path: Path) -> None:
@@ -397,19 +557,37 @@ def _plot(panels, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m thermobench.leaderboard", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["validate", "render"])
+    parser.add_argument("command", choices=["validate", "render", "register"])
+    parser.add_argument("folder", nargs="?", type=Path, help="register: the dataset folder (e.g. thermobench/data/thermobench-0.2)")
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / "leaderboard", help="a folder of entries, or one entry file")
+    parser.add_argument("--reproduce", type=Path, metavar="RUN_DIR",
+                        help="validate: re-predict the entry (--dir ENTRY.yml) from this train.py run with evaluate.py")
     parser.add_argument("--markdown", type=Path, default=REPO_ROOT / "LEADERBOARD.md")
     args = parser.parse_args(argv)
-    if args.command == "validate":
-        try:
+    try:
+        if args.command == "register":
+            from thermobench.official_datasets import DatasetNotOfficialError, register
+
+            if args.folder is None:
+                parser.error("register needs the dataset folder, e.g. thermobench/data/thermobench-0.2")
+            try:
+                record, previous = register(args.folder)
+            except DatasetNotOfficialError as error:
+                raise LeaderboardError(str(error)) from None
+            was = f" (was {previous['version']} {previous['test_labels_sha256'][:12]}…)" if previous else " (new)"
+            print(f"registered {record['name']} {record['version']}: test labels sha256 {record['test_labels_sha256'][:12]}…{was}")
+        elif args.command == "validate" and args.reproduce is not None:
+            record = reproduce(args.dir, args.reproduce)
+            print(f"{args.dir} reproduced from {args.reproduce} (largest difference {record['max_abs_difference']:.3g}); "
+                  f"recorded in {Path(args.dir).parent / REPRODUCTIONS}")
+        elif args.command == "validate":
             print(f"{validate_all(args.dir)} entries valid")
-        except LeaderboardError as error:
-            raise SystemExit(f"invalid: {error}") from None
-    else:
-        validate_all(args.dir)
-        markdown, figure = render(args.dir, args.markdown)
-        print(f"wrote {markdown} and {figure}")
+        else:
+            validate_all(args.dir)
+            markdown, figure = render(args.dir, args.markdown)
+            print(f"wrote {markdown} and {figure}")
+    except LeaderboardError as error:
+        raise SystemExit(f"invalid: {error}") from None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import math
 from pathlib import Path
 
+from generate.harmonic_reference import REFERENCES
 from thermobench.dataset import (
     COLUMNS,
     CONFIGS,
@@ -45,6 +46,9 @@ NULL_REASONS = {
     "dft_min_frequency_THz": "dft_null_reason",
     "dft_dynamically_stable": "dft_null_reason",
 }
+
+
+RELAX_COLUMNS = ("relax_converged", "relax_max_force_eV_A", "relax_symmetry_kept")
 
 
 class InvalidRecordError(ValueError):
@@ -113,6 +117,12 @@ def validate_rows(rows: list[dict]) -> None:
         for target, reason in NULL_REASONS.items():
             if row[target] is None and not row[reason]:
                 raise InvalidRecordError(f"{where}: {target} is null without a reason in {reason}")
+        if row["harmonic_reference"] not in REFERENCES:
+            raise InvalidRecordError(f"{where}: harmonic_reference {row['harmonic_reference']!r} is none of {REFERENCES}")
+        relaxed = row["harmonic_reference"] == "potential"
+        for name in RELAX_COLUMNS:  # null exactly when the row stays at DFT's geometry
+            if (row[name] is None) == relaxed:
+                raise InvalidRecordError(f"{where}: {name} is {row[name]!r} with harmonic_reference {row['harmonic_reference']!r}")
 
 
 def build_dataset_dicts(rows: list[dict]):

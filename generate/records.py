@@ -109,8 +109,7 @@ def _stage(name: str, function: Callable, *args, **kwargs):
 
 def _compute_rows(material: Material, settings: dict, device: str, potential, start: float) -> list[dict]:
     from generate.config import relax_settings
-    from generate.harmonic import harmonic_phonons
-    from generate.relax import relax
+    from generate.harmonic_reference import dft_reference, potential_reference, uses_dft
     from generate.sscha.classical import classical_sigma_A
     from thermobench.families import formula_reduced
     from thermobench.phonondb import chemical_family
@@ -120,22 +119,23 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     loaded = potential if potential is not None else _stage("potential", load_named_potential, settings["potential"], device)
     _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})",
            loaded.cutoff_A)
-    _stage("check", sscha_supercells, atoms, settings["supercell"], settings["harmonic"])  # before the relaxation
+    anchored = uses_dft(material, settings["harmonic_reference"])
+    if not anchored:
+        _stage("check", sscha_supercells, atoms, settings["supercell"], settings["harmonic"])  # before the relaxation
     if material.source == "file":  # a file's name says nothing reliable about its formula
         material = replace(material, formula=atoms.get_chemical_formula("metal", empirical=True))
 
     symprec = settings["harmonic"]["symprec"]
-    relaxed = _stage("relax", relax, atoms, loaded.calculator, relax_settings(settings["relax"], settings["harmonic"]))
-    cell = relaxed.atoms
-    cell.calc = None
-
-    matrix, large_matrix = sscha_supercells(cell, settings["supercell"], settings["harmonic"])
     temperatures = [float(t) for t in settings["temperatures_K"]]
     tolerance = float(settings["harmonic"]["imaginary_tolerance_THz"])
-    harmonic = _stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings(settings, matrix, temperatures))
-    large = harmonic
-    if not np.array_equal(large_matrix, matrix):
-        large = _stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings(settings, large_matrix, temperatures))
+    if anchored:
+        reference = _stage("harmonic", dft_reference, material, atoms, loaded, settings,
+                           harmonic_settings(settings, None, temperatures), sscha_settings(settings, temperatures[0]))
+    else:
+        reference = potential_reference(atoms, loaded, settings, relax_settings(settings["relax"], settings["harmonic"]),
+                                        lambda m: harmonic_settings(settings, m, temperatures), _stage)
+    cell, matrix, harmonic, large = reference.cell, reference.supercell_matrix, reference.harmonic, reference.large
+    model = reference.sscha_potential
     fc_harmonic = np.asarray(harmonic.phonon.force_constants)
     n_super = len(harmonic.phonon.supercell)
 
@@ -143,20 +143,20 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     versions = package_versions()
     dos_cfg = settings["dos"]
     shift_min = float(settings["targets"]["shift_min_frequency_THz"])
-    static_energy = relaxed.energy_eV_atom
+    static_energy = reference.static_energy_eV_atom
     harm_mesh = np.asarray(large.mesh_frequencies_THz)
-    dft = _stage("dft", dft_comparison, material, large, tolerance, loaded.model)
+    dft = _stage("dft", dft_comparison, material, reference, tolerance, loaded.model)
     harm_comm = np.asarray(harmonic.commensurate_frequencies_THz)
 
-    results, floor, raised = _stage("sscha", sscha_with_floor, sscha_engine(settings), cell, loaded.model, matrix,
+    results, floor, raised = _stage("sscha", sscha_with_floor, sscha_engine(settings), cell, model, matrix,
                                     [sscha_settings(settings, t) for t in temperatures], (fc_harmonic, 0))
     harmonic_super = results[0].harmonic_supercell_frequencies_THz
     ren_meshes = _stage("embedding", _embedded_meshes, cell, matrix, harmonic, large, results, symprec)
 
-    kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results)
+    kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results, reference.nac_params)
     matched = _stage("modes", _matched_modes, cell, matrix, harmonic, results, symprec)
     n_classical = int(settings["targets"]["classical_sigma_A_configurations"])
-    classical = [_stage("classical", classical_sigma_A, cell, matrix, loaded.model, r, sscha_settings(settings, r.temperature_K),
+    classical = [_stage("classical", classical_sigma_A, cell, matrix, model, r, sscha_settings(settings, r.temperature_K),
                         n_classical) for r in results]
 
     # Frequency grid shared by every temperature, so DOS rows are comparable.
@@ -172,6 +172,8 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     n_imag_mesh = int(((harm_mesh < -tolerance).sum(axis=1) * mesh_full).sum())
     dft_columns = _dft_columns(material, dft)
     source_volume = abs(np.linalg.det(atoms.cell.array)) / len(atoms)
+    relaxed = reference.relax
+    potential_stable = n_imag_mesh == 0 and n_imag == 0 if dft is None or dft.get("potential_stable") is None else dft["potential_stable"]
     identity = {
         **material_fields(material),
         "chemistry": chemical_family(cell.get_chemical_symbols()),
@@ -189,7 +191,11 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
         "static_energy_eV_atom": static_energy,
         "volume_change_vs_source": float(abs(np.linalg.det(cell.cell.array)) / len(cell) / source_volume - 1),
         **dft_columns,
-        "potential_dynamically_stable": n_imag_mesh == 0 and n_imag == 0,
+        "potential_dynamically_stable": bool(potential_stable),
+        "harmonic_reference": reference.kind,
+        "nac_applied": reference.nac_params is not None,
+        "potential_residual_max_force_eV_A": reference.residual_max_force_eV_A,
+        "potential_residual_pressure_GPa": reference.residual_pressure_GPa,
     }
     rows = []
     wall = time.time() - start + active_checkpoints().reused_seconds
@@ -269,9 +275,11 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
                 "free_energy_error_eV_atom": float(result.free_energy_error_eV_atom),
                 "n_potential_evaluations": int(result.n_potential_evaluations),
                 "n_harmonic_evaluations": int(harmonic.n_potential_evaluations),
-                "relax_converged": bool(relaxed.converged),
-                "relax_max_force_eV_A": float(relaxed.max_force_eV_A),
-                "relax_symmetry_kept": bool(relaxed.symmetry_kept),
+                "relax_converged": None if relaxed is None else bool(relaxed.converged),
+                "relax_max_force_eV_A": None if relaxed is None else float(relaxed.max_force_eV_A),
+                "relax_symmetry_kept": None if relaxed is None else bool(relaxed.symmetry_kept),
+                "verified_relative_force_error": (None if result.surrogate is None
+                                                  else float(result.surrogate.verification_relative_force_error)),
                 "sscha_wall_time_s": float(result.wall_time_s),
                 "material_wall_time_s": wall,
                 "potential": loaded.name,
@@ -302,39 +310,59 @@ def sscha_supercells(atoms, supercell: dict, harmonic: dict) -> tuple[np.ndarray
     return matrix, (large if abs(np.linalg.det(large)) > abs(np.linalg.det(matrix)) else matrix)
 
 
-def dft_comparison(material: Material, harmonic, tolerance_THz: float, model=None) -> dict | None:
+def dft_comparison(material: Material, reference, tolerance_THz: float, model=None) -> dict | None:
     """The DFT harmonic frequencies of the same crystal on the rows' q-mesh, beside the potential's, for a
-    source that has them (phonondb); None otherwise. With ``model``, also the potential's MAE at the DFT
-    geometry (:mod:`generate.fidelity`), which separates its force constants from its lattice.
+    source that has them (phonondb); None otherwise.
 
-    Both without the non-analytic correction (the potential predicts no Born charges), so the MAE
-    measures the short-range force constants, as ``generate.validate_phonons`` does. The q-points are
-    reduced coordinates of the same primitive cell (the generator starts from phonondb's cell).
+    The potential's frequencies are taken at the rows' geometry: its own relaxed one on the potential route
+    (and, with ``model``, also at DFT's geometry, :mod:`generate.fidelity`, which separates its force
+    constants from its lattice), DFT's on the anchored route (its Φ_pot of the anchoring, no new evaluations),
+    where both MAE columns are that one. Both sides without the non-analytic correction (the potential
+    predicts no Born charges), so the MAE measures the short-range force constants, as
+    ``generate.validate_phonons`` does. The q-points are reduced coordinates of the same primitive cell.
     """
     from generate.fidelity import dft_geometry_mae
     from generate.harmonic import mesh_frequency_mae
 
-    reference = getattr(material.build, "dft_phonons", None)
-    if reference is None:
+    build = getattr(material.build, "dft_phonons", None)
+    if build is None:
         return None
-    dft = reference()
+    dft = build()
     dft.nac_params = None
-    dft.run_qpoints(np.asarray(harmonic.mesh_qpoints))
-    frequencies = np.asarray(dft.get_qpoints_dict()["frequencies"])
-    potential = np.asarray(harmonic.mesh_frequencies_THz)
+    qpoints, weights = np.asarray(reference.large.mesh_qpoints), reference.large.mesh_weights
+    dft.run_qpoints(qpoints)
+    frequencies = np.asarray(dft.qpoints.frequencies)
+    potential_stable = None
+    if reference.kind == "dft":
+        from generate.embedding import supercell_phonopy
+
+        own = supercell_phonopy(reference.cell, reference.supercell_matrix, np.eye(3), dft.symmetry.tolerance,
+                                reference.potential_fc2)
+        own.run_qpoints(qpoints)
+        potential = np.asarray(own.qpoints.frequencies)
+        from generate.sscha.supercell import frequencies_THz, to_matrix
+
+        sqrt_m = np.repeat(np.sqrt(own.supercell.masses), 3)
+        in_supercell = frequencies_THz(to_matrix(reference.potential_fc2) / np.outer(sqrt_m, sqrt_m))
+        potential_stable = bool(min(potential.min(), in_supercell.min()) >= -tolerance_THz)
+    else:
+        potential = np.asarray(reference.large.mesh_frequencies_THz)
     if frequencies.shape != potential.shape:
         raise ValueError(f"DFT primitive cell has {frequencies.shape[1] // 3} atoms, the generator's {potential.shape[1] // 3}")
-    mae = mesh_frequency_mae(frequencies, potential, harmonic.mesh_weights)
-    at_dft = None if model is None else dft_geometry_mae(dft, model, harmonic.mesh_qpoints, harmonic.mesh_weights, frequencies)
+    mae = mesh_frequency_mae(frequencies, potential, weights)
+    if reference.kind == "dft":
+        at_dft = mae
+    else:
+        at_dft = None if model is None else dft_geometry_mae(dft, model, qpoints, weights, frequencies)
     return {
         "source": material.source,
         "source_id": material.source_id,
         "mesh_frequencies_THz": frequencies.tolist(),  # on the rows' mesh_qpoints, bands sorted
-        "harmonic_mae_THz": mae,  # potential - DFT, weighted over the mesh, every band
+        "harmonic_mae_THz": mae,  # potential - DFT at the rows' geometry, weighted over the mesh, every band
         "harmonic_mae_dft_geometry_THz": at_dft,  # the same with the potential's FC2 at DFT's geometry
         "min_frequency_THz": float(frequencies.min()),
         "dft_stable": bool(frequencies.min() >= -tolerance_THz),
-        "potential_stable": bool(potential.min() >= -tolerance_THz),
+        "potential_stable": potential_stable,  # at DFT's geometry (anchored route); None: from the rows' own modes
         "dft_supercell_atoms": len(dft.supercell),
         "nac": "not applied to either (short-range force constants compared)",
     }
@@ -426,7 +454,7 @@ def _spacegroup_number_symbol(atoms, symprec: float) -> tuple[int, str]:
     return int(data.number), str(data.international)
 
 
-def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results) -> list[dict]:
+def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results, nac_params=None) -> list[dict]:
     """κ columns per temperature: computed when enabled and generate.kappa exists, else null with the reason."""
     cfg = settings.get("kappa") or {}
     if not cfg.get("enabled", False):
@@ -444,7 +472,12 @@ def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results) -> l
     values = {**cfg, **{k: settings["harmonic"][k] for k in ("symprec", "imaginary_tolerance_THz")}}
     inputs = (cell, np.asarray(matrix), values, np.asarray(harmonic.phonon.force_constants),
               [(r.temperature_K, r.force_constants_eV_A2) for r in results])
-    return active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, values))
+    if nac_params is not None:
+        inputs = (*inputs, {k: np.asarray(v).tolist() for k, v in nac_params.items()})
+    # FC3 is the plain potential's at the rows' geometry (its residual forces subtracted): the anchoring only
+    # changes the quadratic part, so the anchored potential's FC3 is the same.
+    return active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, values,
+                                                                        nac_params=nac_params))
 
 
 def _null_kappa(reason: str) -> dict:

@@ -20,7 +20,8 @@ def settings_from_config(cfg) -> dict:
 
     container = OmegaConf.to_container(cfg, resolve=True)
     # dataset_version is part of the fingerprint: another version never writes into this run's folder.
-    keys = ("temperatures_K", "supercell", "relax", "harmonic", "sscha", "kappa", "targets", "dos", "seed", "dataset_version")
+    keys = ("temperatures_K", "harmonic_reference", "supercell", "relax", "harmonic", "sscha", "kappa", "targets", "dos", "seed",
+            "dataset_version")
     settings = {k: container[k] for k in keys}
     settings["potential"] = str(container["potential"]["name"])  # the device does not change the numbers
     settings["dataset_version"] = str(settings["dataset_version"])
@@ -61,6 +62,9 @@ def check_settings(settings: dict) -> None:
     from generate import checks
     from generate.config import relax_settings
 
+    from generate.harmonic_reference import REFERENCES
+
+    checks.choice(settings["harmonic_reference"], "harmonic_reference", REFERENCES)
     quantum = bool(settings["sscha"].get("quantum", True))
     temperatures = checks.temperatures(settings["temperatures_K"], "temperatures_K", quantum=quantum)
     sc = settings["supercell"]

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 EMBEDDED = {"thermobench-mini": DATA_DIR / "thermobench-mini", "thermobench-0.2": DATA_DIR / "thermobench-0.2"}
 CONFIGS = ("random", "ood")
@@ -98,7 +98,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("harmonic_min_frequency_THz", "float64", "THz", "lowest harmonic frequency over commensurate q and the mesh"),
     Column("n_imaginary_renormalized", "int32", "", "renormalized supercell modes below -imaginary_tolerance_THz"),
     Column("renormalized_min_frequency_THz", "float64", "THz", "lowest renormalized frequency over commensurate q and the mesh"),
-    Column("potential_dynamically_stable", "bool", "", "the potential's harmonic phonons have no imaginary mode at commensurate q or on the mesh"),
+    Column("potential_dynamically_stable", "bool", "", "the potential's own harmonic phonons, at the row's geometry, have no imaginary mode at commensurate q or on the mesh"),
+    # the harmonic reference (generate.harmonic_reference, generate.anchoring)
+    Column("harmonic_reference", "string", "", "where the harmonic part of the row comes from: 'dft' (phonondb's FC2 at DFT's geometry, the SSCHA on the potential anchored to it: V = V_pot − ½uᵀΦ_pot u + ½uᵀΦ_DFT u, the potential's residual force removed) or 'potential' (the potential's own FC2 at its relaxed geometry)"),
+    Column("nac_applied", "bool", "", "DFT Born charges and dielectric tensor applied to the mesh frequencies, DOS, thermodynamics of the mesh and κ (phonondb's BORN)"),
+    Column("potential_residual_max_force_eV_A", "float64", "eV/Å", "label fidelity: the potential's largest force at the row's geometry (DFT's for harmonic_reference dft, where it measures how far the potential's equilibrium is)"),
+    Column("potential_residual_pressure_GPa", "float64", "GPa", "label fidelity: the potential's pressure at the row's geometry (positive: it wants to expand)"),
     # thermodynamics, supercell modes
     Column("free_energy_harmonic_eV_atom", "float64", "eV/atom", "static energy + harmonic vibrational free energy of the supercell modes; null if harmonic imaginary modes", True),
     Column("entropy_harmonic_kB_atom", "float64", "k_B/atom", "harmonic vibrational entropy of the supercell modes", True),
@@ -134,9 +139,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("free_energy_error_eV_atom", "float64", "eV/atom", "stochastic error of free_energy_sscha"),
     Column("n_potential_evaluations", "int32", "", "supercell evaluations for this temperature (SSCHA ensembles), harmonic ones not included"),
     Column("n_harmonic_evaluations", "int32", "", "displaced supercells evaluated for the harmonic FC2 (shared by all temperatures)"),
-    Column("relax_converged", "bool", "", "relaxation reached fmax"),
-    Column("relax_max_force_eV_A", "float64", "eV/Å", "largest residual force after relaxation"),
-    Column("relax_symmetry_kept", "bool", "", "space group unchanged by relaxation"),
+    Column("relax_converged", "bool", "", "relaxation reached fmax; null when harmonic_reference is dft (DFT's geometry, not relaxed)", True),
+    Column("relax_max_force_eV_A", "float64", "eV/Å", "largest residual force after relaxation; null when harmonic_reference is dft", True),
+    Column("relax_symmetry_kept", "bool", "", "space group unchanged by relaxation; null when harmonic_reference is dft", True),
+    Column("verified_relative_force_error", "float64", "", "the surrogate's force error (rmse / rms) against the potential on a fresh verification ensemble of the final auxiliary system; null when the row came from the direct engine (every force from the potential)", True),
     Column("sscha_wall_time_s", "float64", "s", "wall time of the SSCHA at this temperature"),
     Column("material_wall_time_s", "float64", "s", "wall time of the whole material (all temperatures)"),
     # provenance
@@ -157,7 +163,15 @@ ADDED_IN_2_0 = (
     "dft_min_frequency_THz", "dft_dynamically_stable", "dft_null_reason", "potential_dynamically_stable", "sigma_A_error", "sigma_A_classical",
     "sigma_A_classical_error", "frequency_error_target_THz", "n_stabilized_modes", "at_stabilization_floor",
 )
-SCHEMAS = {"1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0), SCHEMA_VERSION: COLUMNS}
+ADDED_IN_2_1 = (
+    "harmonic_reference", "nac_applied", "potential_residual_max_force_eV_A", "potential_residual_pressure_GPa",
+    "verified_relative_force_error",
+)
+SCHEMAS = {
+    "1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0 + ADDED_IN_2_1),
+    "2.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_1),
+    SCHEMA_VERSION: COLUMNS,
+}
 
 
 def _feature(dtype: str):

@@ -21,14 +21,16 @@ def settings_from_dict(values: Mapping | None) -> KappaSettings:
     return settings_of(KappaSettings, values, "kappa")
 
 
-def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, results, cfg: Mapping) -> list[dict]:
+def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, results, cfg: Mapping,
+                           nac_params: Mapping | None = None) -> list[dict]:
     """``generate.pipeline``'s κ step: one dict of the four κ columns per SSCHA result (temperature).
 
     FC2s are the pipeline's own (harmonic and SSCHA, in ``supercell_matrix``); FC3 is computed once
     in ``cfg["fc3_supercell_matrix"]`` (default: the same supercell). κ is the isotropic average.
     κ is computed at the SSCHA temperatures listed in ``cfg["temperatures_K"]`` (all of them when the key
     is absent, as in the ``kappa`` config node; ``+kappa.temperatures_K=[300]`` adds it): each renormalized
-    FC2 costs a full phono3py run, minutes for a 10-atom cell on 11³.
+    FC2 costs a full phono3py run, minutes for a 10-atom cell on 11³. ``nac_params``: DFT's Born charges and
+    dielectric tensor (phonopy's dict), applied to both κ.
     """
     values = {k: v for k, v in dict(cfg).items() if k != "enabled"}
     if values.get("fc3_supercell_matrix") is None:
@@ -46,6 +48,7 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
         fc2_renormalized={float(r.temperature_K): r.force_constants_eV_A2 for r in chosen},
         fc2_supercell=chosen[0].supercell,
         fc2_harmonic=chosen[0].harmonic_force_constants_eV_A2,
+        nac_params=None if nac_params is None else dict(nac_params),
     )
     harmonic_kappa = (result.harmonic.kappa_average_W_mK if result.harmonic else None) or [None] * len(chosen)
     renormalized_kappa = (result.renormalized.kappa_average_W_mK if result.renormalized else None) or [None] * len(chosen)

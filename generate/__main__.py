@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from generate.config import register
+from generate.config import checked_temperatures, register
 
 register()
 
@@ -21,6 +21,7 @@ def main(cfg: DictConfig) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     with open_dict(cfg):
         cfg.command_line = "python -m generate " + " ".join(sys.argv[1:])
+    checked_temperatures(cfg)  # `temperatures_K=300` is [300]; `[300K]` names the field
     summary = run(cfg)
     print(
         f"[generate] {summary.n_done} done, {summary.n_failed} failed, {summary.n_skipped} already finished "

@@ -60,32 +60,62 @@ def temperature(value, field: str, quantum: bool = True, allow_zero: bool = True
 
 
 def temperatures(values, field: str, quantum: bool = True, allow_zero: bool = True) -> tuple[float, ...]:
+    """A list of distinct temperatures in K; a single number (``temperatures_K=300``) is a list of one.
+
+    A repeated temperature is refused: each is one (material, temperature) row of the dataset, and two
+    rows with the same key cannot both be scored.
+    """
+    if isinstance(values, int | float) and not isinstance(values, bool):
+        values = [values]
     if values is None or isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) == 0:
-        raise SettingsError(f"{field} must be a non-empty list of temperatures in K, not {values!r}")
-    return tuple(temperature(v, f"{field}[{i}]", quantum, allow_zero) for i, v in enumerate(values))
+        raise SettingsError(f"{field} expects a non-empty list of temperatures in K (e.g. [100, 300]), not {values!r}")
+    out = tuple(temperature(v, f"{field}[{i}]", quantum, allow_zero) for i, v in enumerate(values))
+    repeated = sorted({t for t in out if out.count(t) > 1})
+    if repeated:
+        raise SettingsError(
+            f"{field} = {list(values)!r} lists {', '.join(f'{t:g} K' for t in repeated)} more than once: each temperature "
+            "is one row per material, and two rows with the same (material, temperature) cannot both be scored; "
+            "remove the repeat"
+        )
+    return out
+
+
+def _is_list(values) -> bool:
+    return not isinstance(values, str | bytes) and isinstance(values, Sequence | np.ndarray)
 
 
 def mesh(values, field: str) -> tuple[int, int, int]:
     """A q-point (or k-point) mesh: three positive integers."""
-    if values is None or isinstance(values, str) or len(values) != 3:
-        raise SettingsError(f"{field} must be three positive integers, not {values!r}")
+    if not _is_list(values) or len(values) != 3:
+        raise SettingsError(f"{field} expects a list of three positive integers (e.g. [4, 4, 4]), not {values!r}")
     return tuple(positive(v, f"{field}[{i}]", integer=True) for i, v in enumerate(values))
 
 
 def supercell_matrix(values, field: str) -> np.ndarray:
-    """Three positive integers (diagonal) or a 3x3 integer matrix with a non-zero determinant."""
-    array = np.asarray(values, dtype=object)
-    if array.shape == (3,):
-        return np.diag(mesh(values, field))
-    if array.shape != (3, 3):
-        raise SettingsError(f"{field} must be 3 integers or a 3x3 integer matrix, not {values!r}")
-    numbers = np.array([[number(x, f"{field}[{i}][{j}]") for j, x in enumerate(row)] for i, row in enumerate(array)])
-    if not np.all(numbers == np.rint(numbers)):
-        raise SettingsError(f"{field} must hold integers, not {values!r}")
-    if abs(round(np.linalg.det(numbers))) < 1:
+    """Three positive integers (diagonal) or a 3x3 integer matrix with a positive determinant above 1.
+
+    The cell itself (determinant 1, e.g. [1, 1, 1]) is refused, as :func:`generate.labels.choose_supercell`
+    never picks it: it samples Γ alone.
+    """
+    if _is_list(values) and len(values) == 3 and not any(_is_list(row) for row in values):
+        numbers = np.diag(mesh(values, field))
+    elif _is_list(values) and len(values) == 3 and all(_is_list(row) and len(row) == 3 for row in values):
+        numbers = np.array([[number(x, f"{field}[{i}][{j}]") for j, x in enumerate(row)] for i, row in enumerate(values)])
+        if not np.all(numbers == np.rint(numbers)):
+            raise SettingsError(f"{field} must hold integers, not {values!r}")
+    else:
+        raise SettingsError(f"{field} expects 3 integers or a 3x3 integer matrix (e.g. [2, 2, 2]), not {values!r}")
+    determinant = round(np.linalg.det(numbers))
+    if determinant == 0:
         raise SettingsError(f"{field} = {values!r} is singular (determinant 0): it spans no supercell")
-    if np.linalg.det(numbers) < 0:
+    if determinant < 0:
         raise SettingsError(f"{field} = {values!r} has a negative determinant (a left-handed supercell)")
+    if determinant == 1:
+        raise SettingsError(
+            f"{field} = {values!r} is the cell itself (determinant 1): it samples Γ alone, so force constants, SSCHA "
+            "frequencies and anything interpolated from them are artefacts of the periodic images; use a supercell "
+            "such as [2, 2, 2]"
+        )
     return numbers.astype(int)
 
 

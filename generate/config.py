@@ -89,6 +89,17 @@ def settings_of(cls, values: Mapping, section: str, **shared):
     return cls(**{k: convert(v) for k, v in {**values, **shared}.items()})
 
 
+def checked_temperatures(cfg, key: str = "temperatures_K") -> None:
+    """Check ``cfg[key]`` (naming the field) and store it as a list of floats, before anything converts
+    it: a single temperature (``temperatures_K=300``) becomes a list of one."""
+    from omegaconf import open_dict
+
+    from generate import checks
+
+    with open_dict(cfg):
+        cfg[key] = list(checks.temperatures(cfg[key], key))
+
+
 def harmonic_shared(harmonic: Mapping) -> dict:
     """The harmonic group's keys that the relaxation and the SSCHA share."""
     return {k: container(harmonic)[k] for k in ("symprec", "q_mesh", "displacement_A", "imaginary_tolerance_THz")}

@@ -58,4 +58,19 @@ def read_structure_file(path: str | Path) -> Atoms:
         raise ValueError(f"cannot read a crystal structure from {path}: {type(error).__name__}: {error}") from None
     if not isinstance(atoms, Atoms) or len(atoms) == 0:
         raise ValueError(f"{path} holds no atoms")
+    check_finite(atoms, str(path))
     return atoms
+
+
+def check_finite(atoms: Atoms, label: str) -> None:
+    """Refuse NaN or infinite lattice vectors or positions, naming the field (OPTIMADE names) and where:
+    downstream they surface as "no neighbour within the cutoff" or an SVD that did not converge."""
+    import numpy as np
+
+    for field, values in (("lattice_vectors", atoms.cell.array), ("cartesian_site_positions", atoms.positions)):
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+            row, column = (int(x) for x in bad[0])
+            what = f"lattice vector {row}" if field == "lattice_vectors" else f"atom {row}, {atoms[row].symbol}"
+            raise ValueError(f"{label}: {field}[{row}][{column}] is {float(values[row, column])} ({what}); "
+                             f"{len(bad)} non-finite number(s) in {field}")

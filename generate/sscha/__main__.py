@@ -26,7 +26,7 @@ def run_command(cfg: DictConfig) -> SSCHAResult:
     settings = sscha_settings(cfg.sscha, cfg.harmonic, cfg.temperature_K, cfg.seed)
     engine = sscha_engine(cfg.sscha)
     relaxation = relax_settings(cfg.relax, cfg.harmonic)
-    supercell = checks.supercell_matrix(list(cfg.supercell), "supercell")
+    supercell = checks.supercell_matrix(cfg.supercell, "supercell")  # never the cell alone (Γ only)
     atoms = load_structure(str(cfg.structure))
     loaded = load_named_potential(str(cfg.potential.name), device=cfg.potential.device)  # matgl, or EMT (tests)
     check_structure(atoms, loaded.element_types, str(cfg.structure), loaded.cutoff_A)

@@ -158,6 +158,9 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     n_classical = int(settings["targets"]["classical_sigma_A_configurations"])
     classical = [_stage("classical", classical_sigma_A, cell, matrix, model, r, sscha_settings(settings, r.temperature_K),
                         n_classical) for r in results]
+    audits = _stage("audit", audit_columns, material.material_id, settings["audit"], cell, model, matrix,
+                    [replace(sscha_settings(settings, r.temperature_K), min_frequency_THz=floor) for r in results],
+                    (fc_harmonic, 0), results)
 
     # Frequency grid shared by every temperature, so DOS rows are comparable.
     all_max = max([harm_mesh.max()] + [m.max() for m in ren_meshes])
@@ -200,8 +203,8 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     rows = []
     wall = time.time() - start + active_checkpoints().reused_seconds
     target = sscha_settings(settings, temperatures[0]).frequency_error_target_THz
-    for temperature, result, kappa, ren_mesh, (harm_pairs, ren_pairs, overlaps), (sigma_cl, sigma_cl_error) in zip(
-        temperatures, results, kappas, ren_meshes, matched, classical, strict=True
+    for temperature, result, kappa, ren_mesh, (harm_pairs, ren_pairs, overlaps), (sigma_cl, sigma_cl_error), audit in zip(
+        temperatures, results, kappas, ren_meshes, matched, classical, audits, strict=True
     ):
         if n_imag == 0:
             f_h, s_h, c_h = mode_thermodynamics(harmonic_super, temperature, n_super, tolerance)
@@ -280,6 +283,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
                 "relax_symmetry_kept": None if relaxed is None else bool(relaxed.symmetry_kept),
                 "verified_relative_force_error": (None if result.surrogate is None
                                                   else float(result.surrogate.verification_relative_force_error)),
+                **audit,
                 "sscha_wall_time_s": float(result.wall_time_s),
                 "material_wall_time_s": wall,
                 "potential": loaded.name,
@@ -381,6 +385,37 @@ def _dft_columns(material: Material, dft: dict | None) -> dict:
             "potential_dft_mae_dft_geometry_THz": dft.get("harmonic_mae_dft_geometry_THz"),
             "dft_min_frequency_THz": dft["min_frequency_THz"],
             "dft_dynamically_stable": dft["dft_stable"], "dft_null_reason": None}
+
+
+def in_audit_sample(material_id: str, every: int) -> bool:
+    """Every ``every``-th material by a hash of its id (0: none): a fixed sample whatever order the run takes."""
+    import hashlib
+
+    return every > 0 and int(hashlib.sha256(material_id.encode()).hexdigest(), 16) % every == 0
+
+
+def audit_columns(material_id: str, audit: dict, cell, model, matrix, per_temperature: list, harmonic, results) -> list[dict]:
+    """The audit of the fast route: for a material of the audit sample, the direct engine (every force from the
+    (anchored) potential) to ``audit.frequency_error_target_THz`` at every temperature, beside the row's own
+    result: the largest difference of the sorted supercell frequencies, its stochastic error and the σᴬ
+    difference. Null columns outside the sample."""
+    from generate.sscha.engine import DirectEngine
+
+    empty = {"audit_max_frequency_difference_THz": None, "audit_frequency_difference_error_THz": None,
+             "audit_sigma_A_difference": None}
+    if not in_audit_sample(material_id, int(audit["every"])):
+        return [dict(empty) for _ in results]
+    target = float(audit["frequency_error_target_THz"])
+    verified = DirectEngine().run(cell, model, matrix, [replace(s, frequency_error_target_THz=target) for s in per_temperature],
+                                  harmonic=harmonic)
+    out = []
+    for fast, slow in zip(results, verified, strict=True):
+        difference = np.asarray(fast.supercell_frequencies_THz) - np.asarray(slow.supercell_frequencies_THz)
+        error = np.hypot(fast.supercell_frequency_errors_THz, slow.supercell_frequency_errors_THz)
+        out.append({"audit_max_frequency_difference_THz": float(np.abs(difference).max()),
+                    "audit_frequency_difference_error_THz": float(error[np.argmax(np.abs(difference))]),
+                    "audit_sigma_A_difference": float(fast.sigma_A - slow.sigma_A)})
+    return out
 
 
 RAISED_FLOORS_THZ = (1.0, 2.0)  # stabilization floors tried when the configured one throws atoms onto each other

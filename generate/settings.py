@@ -20,7 +20,7 @@ def settings_from_config(cfg) -> dict:
 
     container = OmegaConf.to_container(cfg, resolve=True)
     # dataset_version is part of the fingerprint: another version never writes into this run's folder.
-    keys = ("temperatures_K", "harmonic_reference", "supercell", "relax", "harmonic", "sscha", "kappa", "targets", "dos", "seed",
+    keys = ("temperatures_K", "harmonic_reference", "audit", "supercell", "relax", "harmonic", "sscha", "kappa", "targets", "dos", "seed",
             "dataset_version")
     settings = {k: container[k] for k in keys}
     settings["potential"] = str(container["potential"]["name"])  # the device does not change the numbers
@@ -65,6 +65,8 @@ def check_settings(settings: dict) -> None:
     from generate.harmonic_reference import REFERENCES
 
     checks.choice(settings["harmonic_reference"], "harmonic_reference", REFERENCES)
+    checks.positive(settings["audit"]["every"], "audit.every", integer=True, strict=False)
+    checks.positive(settings["audit"]["frequency_error_target_THz"], "audit.frequency_error_target_THz")
     quantum = bool(settings["sscha"].get("quantum", True))
     temperatures = checks.temperatures(settings["temperatures_K"], "temperatures_K", quantum=quantum)
     sc = settings["supercell"]

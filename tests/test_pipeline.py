@@ -395,3 +395,34 @@ def test_checkpoint_keys_follow_the_inputs_and_a_torn_file_is_recomputed(tmp_pat
     back = Checkpoints(tmp_path).cached("diverged", 0, lambda: None)
     assert isinstance(back[0], SurrogateDiverged) and str(back[0]) == "centroid left the fit"
     assert (back[0].n_potential_evaluations, back[0].wall_time_s) == (64, 2.5)
+
+
+def test_audit_sample_is_fixed_by_the_id_and_about_one_in_every():
+    from generate.records import in_audit_sample
+
+    ids = [f"phonondb-mp-{k}" for k in range(4000)]
+    chosen = [i for i in ids if in_audit_sample(i, 20)]
+    assert abs(len(chosen) / len(ids) - 1 / 20) < 4 * np.sqrt(0.05 * 0.95 / len(ids))  # binomial, 4σ
+    assert chosen == [i for i in reversed(ids) if in_audit_sample(i, 20)][::-1]  # order-independent
+    assert not any(in_audit_sample(i, 0) for i in ids) and all(in_audit_sample(i, 1) for i in ids)
+
+
+def test_audited_material_carries_the_verified_routes_differences(tmp_path):
+    """fcc Cu with the surrogate engine, audited by the direct one: both routes answer the same SCHA, so their
+    frequencies differ by no more than the two error targets (0.2 THz each) and σᴬ by little; a material
+    outside the sample has null audit columns."""
+    common = ["source.ids=[fcc-Cu]", "executor.kind=serial", "temperatures_K=[300.0]", "sscha=surrogate",
+              "sscha.surrogate.n_training_structures=20", "sscha.surrogate.n_verification=40",
+              "sscha.surrogate.max_verification=80", "sscha.frequency_error_target_THz=0.2",
+              "audit.frequency_error_target_THz=0.2", "sscha.max_configurations=400"]
+    audited = tmp_path / "audited"
+    assert run(compose(*common, "audit.every=1", f"out_dir={audited}"), progress=False).n_done == 1
+    (row,) = records_of(audited)["fcc-Cu"]["rows"]
+    assert 0 <= row["audit_max_frequency_difference_THz"] < 0.4
+    assert row["audit_frequency_difference_error_THz"] > 0
+    assert abs(row["audit_sigma_A_difference"]) < 0.05
+    assert row["verified_relative_force_error"] is not None
+    plain = tmp_path / "plain"
+    assert run(compose(*common, "audit.every=0", f"out_dir={plain}"), progress=False).n_done == 1
+    (row,) = records_of(plain)["fcc-Cu"]["rows"]
+    assert row["audit_max_frequency_difference_THz"] is None and row["audit_sigma_A_difference"] is None

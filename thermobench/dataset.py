@@ -142,6 +142,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("relax_converged", "bool", "", "relaxation reached fmax; null when harmonic_reference is dft (DFT's geometry, not relaxed)", True),
     Column("relax_max_force_eV_A", "float64", "eV/Å", "largest residual force after relaxation; null when harmonic_reference is dft", True),
     Column("relax_symmetry_kept", "bool", "", "space group unchanged by relaxation; null when harmonic_reference is dft", True),
+    Column("audit_max_frequency_difference_THz", "float64", "THz", "audit sample (every audit.every-th material by id hash): largest difference between this row's sorted supercell frequencies and those of the direct engine run to audit.frequency_error_target_THz on the same potential; null outside the sample", True),
+    Column("audit_frequency_difference_error_THz", "float64", "THz", "stochastic error of that difference (both runs' errors combined, at the mode of the largest difference); null outside the audit sample", True),
+    Column("audit_sigma_A_difference", "float64", "", "σᴬ of this row minus the audit's direct run's; null outside the audit sample", True),
     Column("verified_relative_force_error", "float64", "", "the surrogate's force error (rmse / rms) against the potential on a fresh verification ensemble of the final auxiliary system; null when the row came from the direct engine (every force from the potential)", True),
     Column("sscha_wall_time_s", "float64", "s", "wall time of the SSCHA at this temperature"),
     Column("material_wall_time_s", "float64", "s", "wall time of the whole material (all temperatures)"),
@@ -165,7 +168,8 @@ ADDED_IN_2_0 = (
 )
 ADDED_IN_2_1 = (
     "harmonic_reference", "nac_applied", "potential_residual_max_force_eV_A", "potential_residual_pressure_GPa",
-    "verified_relative_force_error",
+    "verified_relative_force_error", "audit_max_frequency_difference_THz", "audit_frequency_difference_error_THz",
+    "audit_sigma_A_difference",
 )
 SCHEMAS = {
     "1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0 + ADDED_IN_2_1),

@@ -194,3 +194,11 @@ def test_non_finite_numbers_in_a_structure_file_name_the_file_and_field(tmp_path
     assert summary.n_failed == 1
     (record,) = records_of(out).values()
     assert record["stage"] == "load" and re.search(message, record["reason"]) and path in record["reason"]
+
+
+def test_kappa_takes_a_single_temperature_and_names_the_field_of_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=r"kappa.q_mesh\[0\] must be > 0"):  # 300 got past the temperature check
+        kappa_main("temperatures_K=300", "kappa.q_mesh=[0,0,0]")
+    with pytest.raises(SettingsError, match=r"kappa.temperatures_K\[0\] must be a number, not '300K'"):
+        kappa_main("temperatures_K=[300K]")

@@ -50,8 +50,9 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
     from thermobench.structures import load_structure
 
     # Every setting is checked before the structure is read or a potential evaluated.
+    temperatures = list(checks.temperatures(cfg.temperatures_K, "kappa.temperatures_K"))  # a number is a list of one
     values = {k: v for k, v in OmegaConf.to_container(cfg.kappa, resolve=True).items() if k != "enabled"}
-    settings = settings_from_dict({**values, "temperatures_K": list(cfg.temperatures_K), "seed": cfg.seed,
+    settings = settings_from_dict({**values, "temperatures_K": temperatures, "seed": cfg.seed,
                                    "symprec": cfg.harmonic.symprec, "imaginary_tolerance_THz": cfg.harmonic.imaginary_tolerance_THz})
     relaxation = relax_settings(cfg.relax, cfg.harmonic)
     engine, per_temperature, supercell = None, [], None

@@ -1,0 +1,245 @@
+"""Labels anchored on DFT's harmonic force constants against thermobench-0.2's plain ones, same potential, same crystals.
+
+    THERMOBENCH_MODELS=../shared/models OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.anchoring_panel \\
+        --phonondb-dir ../phononDB/phonon_db_tarred [--plain runs/thermobench-0.2/50d730e92f84] \\
+        [--work outputs/anchoring_panel] [--out benchmarks/results/anchoring_panel] [--report-only]
+
+The panel is every phonondb crystal of the plain run (``--plain``: thermobench-0.2's records, made with
+M3GNet-phonondb-PBEsol, each material relaxed by the potential, its own FC2 in a 15 Å supercell, the
+surrogate SSCHA to 0.1 THz at 100/300/500 K and κ (RTA, FC3 within 5 Å) at every temperature). The
+anchored run (``harmonic_reference=dft``, the generator's default) uses the same potential, SSCHA and FC3
+settings with κ at 300 K only, one torch thread, serially, resumable under ``--work``; every 4th material
+by id hash is audited by the direct engine to 0.05 THz (the default audits every 20th).
+
+Reported per route: agreement of the label's harmonic stability with DFT's (phonondb's FC2 on the rows'
+q-mesh), the SSCHA's verdict at 300 K, the fraction of hardening mean shifts (rows off the stabilization
+floor), σᴬ, κ_harm and κ ratio at 300 K, the potential's residual force and pressure at DFT's geometry,
+the audit's fast-vs-verified differences, and the cost per material (core-seconds: one thread per
+material in both runs; potential evaluations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN = REPO / "runs" / "thermobench-0.2" / "50d730e92f84"
+SETTINGS = [  # the plain run's settings (its manifest), the anchoring being the default
+    "potential=m3gnet_phonondb", "source=phonondb", "sscha.frequency_error_target_THz=0.1", "kappa=rta",
+    "kappa.fc3_cutoff_A=5.0", "+kappa.temperatures_K=[300]", "audit.every=4", "executor=serial",
+]
+
+
+def records(folder: Path) -> dict:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("records/*.json"))}
+
+
+def run_anchored(phonondb_dir: Path, ids: list[str], work: Path) -> Path:
+    from generate.config import compose
+    from generate.pipeline import run
+
+    cfg = compose("generate", [*SETTINGS, f"source.phonondb_dir={phonondb_dir}", f"source.ids=[{','.join(ids)}]",
+                               f"out_dir={work}"])
+    return run(cfg).run_folder
+
+
+def row_at(record: dict, temperature_K: float) -> dict | None:
+    return next((r for r in record.get("rows", []) if abs(r["temperature_K"] - temperature_K) < 1e-6), None)
+
+
+def harmonic_stable(row: dict) -> bool:
+    return row["n_imaginary_harmonic"] == 0 and row["n_imaginary_harmonic_mesh"] == 0
+
+
+def sscha_stable(row: dict) -> bool:
+    return row["n_imaginary_renormalized"] == 0 and not row["at_stabilization_floor"]
+
+
+def quartiles(values) -> list | None:
+    values = [v for v in values if v is not None]
+    return [float(x) for x in np.percentile(values, [25, 50, 75])] if values else None
+
+
+def evaluations(record: dict) -> int:
+    rows = record["rows"]
+    return int(sum(r["n_potential_evaluations"] for r in rows) + rows[0]["n_harmonic_evaluations"])
+
+
+def summarize(label: str, runs: dict, ids: list[str]) -> dict:
+    ok = {i: runs[i] for i in ids if i in runs and runs[i]["status"] == "ok"}
+    attempted = [runs[i] for i in ids if i in runs]
+    at300 = {i: row_at(r, 300.0) for i, r in ok.items()}
+    dft_stable = {i for i, r in at300.items() if r["dft_dynamically_stable"]}
+    rows = [x for r in ok.values() for x in r["rows"]]
+    shifts = [x["mean_relative_frequency_shift"] for x in rows
+              if x["mean_relative_frequency_shift"] is not None and not x["at_stabilization_floor"]]
+    compute = [r.get("wall_time_s", 0.0) for r in attempted]
+    return {
+        "label": label,
+        "n_attempted": len(attempted),
+        "n_ok": len(ok),
+        "failures": {r["material_id"]: r["reason"][:200] for r in attempted if r["status"] != "ok"},
+        "n_dft_stable": len(dft_stable),
+        "harmonic_stability_agrees_with_dft": float(np.mean([harmonic_stable(r) == r["dft_dynamically_stable"]
+                                                             for r in at300.values()])),
+        "harmonic_stable_on_dft_stable": float(np.mean([harmonic_stable(at300[i]) for i in dft_stable])) if dft_stable else None,
+        "sscha_300K_stable_on_dft_stable": float(np.mean([sscha_stable(at300[i]) for i in dft_stable])) if dft_stable else None,
+        "rows_at_floor": int(sum(x["at_stabilization_floor"] for x in rows)),
+        "n_rows": len(rows),
+        "hardening_fraction": float(np.mean(np.asarray(shifts) > 0)) if shifts else None,
+        "n_shift_rows": len(shifts),
+        "mean_shift_quartiles": quartiles(shifts),
+        "sigma_A_300K_quartiles": quartiles(r["sigma_A"] for r in at300.values()),
+        "kappa_harmonic_300K_quartiles": quartiles(r["kappa_harmonic_W_mK"] for r in at300.values()),
+        "kappa_ratio_300K_quartiles": quartiles(r["kappa_ratio"] for r in at300.values()),
+        "n_kappa_ratio_300K": int(sum(r["kappa_ratio"] is not None for r in at300.values())),
+        "max_frequency_error_THz": float(max(x["frequency_error_THz"] for x in rows)) if rows else None,
+        "core_seconds_per_material_mean": float(np.mean(compute)) if compute else None,
+        "core_seconds_per_material_median": float(np.median(compute)) if compute else None,
+        "sscha_seconds_per_material_mean": float(np.mean([sum(x["sscha_wall_time_s"] for x in r["rows"]) for r in ok.values()])),
+        "evaluations_per_material_mean": float(np.mean([evaluations(r) for r in ok.values()])),
+        "materials_per_core_hour": 3600 * len(ok) / max(sum(compute), 1e-9),
+    }
+
+
+def per_material(plain: dict, anchored: dict, ids: list[str]) -> list[dict]:
+    out = []
+    for i in ids:
+        entry = {"material_id": i}
+        for label, runs in (("plain", plain), ("anchored", anchored)):
+            record = runs.get(i)
+            if record is None or record["status"] != "ok":
+                entry[label] = None if record is None else {"failed": record.get("reason", "")[:200]}
+                continue
+            row = row_at(record, 300.0)
+            entry["formula"] = row["formula"]
+            entry["dft_stable"] = row["dft_dynamically_stable"]
+            entry[label] = {
+                "harmonic_stable": harmonic_stable(row), "sscha_300K_stable": sscha_stable(row),
+                "at_floor": row["at_stabilization_floor"], "mean_shift": row["mean_relative_frequency_shift"],
+                "sigma_A": row["sigma_A"], "kappa_harmonic_W_mK": row["kappa_harmonic_W_mK"],
+                "kappa_ratio": row["kappa_ratio"], "core_s": record["wall_time_s"], "evaluations": evaluations(record),
+                "potential_dft_mae_THz": row["potential_dft_mae_THz"],
+                "residual_max_force_eV_A": row.get("potential_residual_max_force_eV_A"),
+                "residual_pressure_GPa": row.get("potential_residual_pressure_GPa"),
+                "audit": None if row.get("audit_max_frequency_difference_THz") is None else [
+                    {"T": x["temperature_K"], "max_dnu_THz": x["audit_max_frequency_difference_THz"],
+                     "error_THz": x["audit_frequency_difference_error_THz"], "d_sigma_A": x["audit_sigma_A_difference"]}
+                    for x in record["rows"]],
+            }
+        out.append(entry)
+    return out
+
+
+def fmt(x, digits=2):
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, list):
+        return " / ".join(fmt(v, digits) for v in x)
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def report(summary: dict, materials: list[dict], command: str) -> str:
+    p, a = summary["plain"], summary["anchored"]
+    lines = [
+        "# Anchored labels vs thermobench-0.2's plain labels (same potential, same crystals)", "",
+        f"Command: `{command}`", "",
+        "Plain: thermobench-0.2's records (M3GNet-phonondb-PBEsol; relaxed by the potential, its own FC2, κ at 100/300/500 K). "
+        "Anchored: `harmonic_reference=dft` (DFT's geometry and FC2, the SSCHA on the potential anchored to it, DFT Born "
+        "charges on mesh and κ), same potential and SSCHA/FC3 settings, κ at 300 K only. One torch thread per material in "
+        "both runs, so wall seconds are core-seconds. Quartiles are 25 / 50 / 75 %.", "",
+        "| | plain (0.2) | anchored |", "|---|---:|---:|",
+    ]
+    rows = [
+        ("materials finished / attempted", lambda s: f"{s['n_ok']} / {s['n_attempted']}"),
+        ("harmonic stability agrees with DFT", lambda s: fmt(100 * s["harmonic_stability_agrees_with_dft"], 0) + " %"),
+        ("DFT-stable crystals stable in the label's harmonic part",
+         lambda s: fmt(100 * s["harmonic_stable_on_dft_stable"], 0) + f" % of {s['n_dft_stable']}"),
+        ("DFT-stable crystals stable in the SSCHA at 300 K", lambda s: fmt(100 * s["sscha_300K_stable_on_dft_stable"], 0) + " %"),
+        ("rows at the stabilization floor", lambda s: f"{s['rows_at_floor']} of {s['n_rows']}"),
+        ("hardening mean shifts (rows off the floor)", lambda s: fmt(100 * s["hardening_fraction"], 0) + f" % of {s['n_shift_rows']}"),
+        ("mean relative shift, quartiles", lambda s: fmt(s["mean_shift_quartiles"], 3)),
+        ("σᴬ at 300 K, quartiles", lambda s: fmt(s["sigma_A_300K_quartiles"], 3)),
+        ("κ_harm at 300 K (W/mK), quartiles", lambda s: fmt(s["kappa_harmonic_300K_quartiles"], 2)),
+        ("κ ratio at 300 K, quartiles", lambda s: fmt(s["kappa_ratio_300K_quartiles"], 2) + f" (n = {s['n_kappa_ratio_300K']})"),
+        ("largest stochastic frequency error (THz)", lambda s: fmt(s["max_frequency_error_THz"], 3)),
+        ("core-seconds per material, mean (median)",
+         lambda s: f"{fmt(s['core_seconds_per_material_mean'], 0)} ({fmt(s['core_seconds_per_material_median'], 0)})"),
+        ("SSCHA seconds per material, mean", lambda s: fmt(s["sscha_seconds_per_material_mean"], 0)),
+        ("potential evaluations per material, mean", lambda s: fmt(s["evaluations_per_material_mean"], 0)),
+        ("materials per core-hour", lambda s: fmt(s["materials_per_core_hour"], 1)),
+    ]
+    for name, f in rows:
+        lines.append(f"| {name} | {f(p)} | {f(a)} |")
+    speedup = a["materials_per_core_hour"] / max(p["materials_per_core_hour"], 1e-9)
+    lines += ["", f"Materials per core-hour, anchored over plain: **{speedup:.1f}×**.", ""]
+    for label, s in (("plain", p), ("anchored", a)):
+        if s["failures"]:
+            lines.append(f"Failures ({label}): " + "; ".join(f"{k}: {v}" for k, v in s["failures"].items()))
+    lines += ["", "## Per material (300 K)", "",
+              "| material | DFT stable | plain: harm. stable / SSCHA stable / shift / σᴬ / κ_harm / κ ratio / core-s | "
+              "anchored: SSCHA stable / shift / σᴬ / κ_harm / κ ratio / core-s | potential at DFT geometry: MAE THz / max force eV/Å / P GPa |",
+              "|---|---|---|---|---|"]
+    for m in materials:
+        pl, an = m.get("plain"), m.get("anchored")
+
+        def cells(x, keys):
+            if x is None:
+                return "—"
+            if "failed" in x:
+                return "failed: " + x["failed"][:60]
+            return " / ".join(fmt(x[k], 3 if k in ("mean_shift", "sigma_A") else 2 if k.startswith("kappa") else 0)
+                              for k in keys)
+        fidelity = "—" if not an or "failed" in an else (f"{fmt(an['potential_dft_mae_THz'], 2)} / "
+                                                         f"{fmt(an['residual_max_force_eV_A'], 3)} / {fmt(an['residual_pressure_GPa'], 1)}")
+        lines.append(f"| {m['material_id']} ({m.get('formula', '')}) | {fmt(m.get('dft_stable'))} | "
+                     f"{cells(pl, ['harmonic_stable', 'sscha_300K_stable', 'mean_shift', 'sigma_A', 'kappa_harmonic_W_mK', 'kappa_ratio', 'core_s'])} | "
+                     f"{cells(an, ['sscha_300K_stable', 'mean_shift', 'sigma_A', 'kappa_harmonic_W_mK', 'kappa_ratio', 'core_s'])} | {fidelity} |")
+    audited = [(m, x) for m in materials if m.get("anchored") and "failed" not in m["anchored"] and m["anchored"]["audit"]
+               for x in m["anchored"]["audit"]]
+    if audited:
+        lines += ["", "## Audit: the fast route (surrogate, 0.1 THz) against the verified one (direct, 0.05 THz)", "",
+                  "| material | T (K) | max |Δν| (THz) | its error (THz) | Δσᴬ |", "|---|---:|---:|---:|---:|"]
+        for m, x in audited:
+            lines.append(f"| {m['material_id']} ({m.get('formula', '')}) | {x['T']:.0f} | {x['max_dnu_THz']:.3f} | "
+                         f"{x['error_THz']:.3f} | {x['d_sigma_A']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--phonondb-dir", type=Path)
+    parser.add_argument("--plain", type=Path, default=PLAIN)
+    parser.add_argument("--work", type=Path, default=REPO / "outputs" / "anchoring_panel")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "anchoring_panel")
+    parser.add_argument("--report-only", action="store_true", help="report the records under --work, compute nothing")
+    args = parser.parse_args(argv)
+    plain = records(args.plain)
+    ids = sorted(r["source_id"] for r in plain.values() if r.get("source") == "phonondb")
+    if not args.report_only:
+        if args.phonondb_dir is None:
+            parser.error("--phonondb-dir is needed to compute (or pass --report-only)")
+        run_anchored(args.phonondb_dir, ids, args.work)
+    (folder,) = [p for p in args.work.iterdir() if (p / "manifest.json").is_file()]
+    anchored = records(folder)
+    material_ids = [f"phonondb-{i}" for i in ids]
+    summary = {"plain": summarize("plain", plain, material_ids), "anchored": summarize("anchored", anchored, material_ids)}
+    materials = per_material(plain, anchored, material_ids)
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.anchoring_panel " + " ".join(sys.argv[1:] if argv is None else argv)
+    (args.out / "report.json").write_text(json.dumps({"command": command, "settings": SETTINGS, "summary": summary,
+                                                      "materials": materials}, indent=1))
+    text = report(summary, materials, command)
+    (args.out / "report.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -241,6 +241,29 @@ def method_text(settings: dict) -> str:
         + (f", every frequency to a stochastic error of {target} THz" if target else "")
         + f", seed {settings['seed']}) → {mesh}; DOS with {settings['dos']['sigma_THz']} THz Gaussian smearing. "
         "The frequencies are the SSCHA auxiliary ones at fixed volume (the relaxed static cell)."
+        + (anchoring_text(settings) if settings.get("harmonic_reference") == "dft" else "")
+    )
+
+
+def anchoring_text(settings: dict) -> str:
+    """The anchored route in words (``harmonic_reference: dft``)."""
+    audit = settings.get("audit") or {}
+    every = int(audit.get("every", 0))
+    return (
+        "\n\n**Materials with DFT force constants (phonondb; `harmonic_reference` = `dft`) take their harmonic part from "
+        "DFT and only the anharmonic part from the potential.** They are not relaxed: DFT's (PBEsol) cell is used as "
+        "given, DFT's FC2 is the harmonic result (mesh, DOS, harmonic thermodynamics, κ_harm; phonondb's Born charges "
+        "applied to the mesh and both κ, `nac_applied`), and the SSCHA, σᴬ, the shifts, κ_ren and FC3 use the potential "
+        "anchored to DFT about the DFT supercell R0 (generate.anchoring): V(R0+u) = V_pot(R0+u) + F_pot(R0)·u − ½uᵀΦ_pot u "
+        "+ ½uᵀΦ_DFT u, Φ_pot the potential's FC2 at R0 by central differences. Its harmonic phonons are DFT's by "
+        "construction; its cubic and higher terms are the potential's. The SSCHA supercell is DFT's own where it fits "
+        "the atom budget (else Φ_DFT is Fourier-interpolated from DFT's dynamical matrices). Limits: DFT's static "
+        "volume (no thermal expansion), the potential's anharmonic terms, and its residual force at DFT's geometry "
+        "(removed, not relaxed: `potential_residual_max_force_eV_A`, `potential_residual_pressure_GPa`). Other "
+        "materials (`harmonic_reference` = `potential`) are relaxed by the potential and take everything from it."
+        + (f" One material in {every} (by a hash of its id) is audited: also run with the direct engine to "
+           f"{audit.get('frequency_error_target_THz')} THz, its rows carry the differences (`audit_*` columns)."
+           if every else "")
     )
 
 
@@ -251,6 +274,45 @@ def _median(values) -> str:
     return f"{np.median(values):.3f}" if values else "–"
 
 
+def anchored_fidelity(materials: list[dict], rows: list[dict]) -> str:
+    """The anchored materials' fidelity: the potential at DFT's geometry, its stability there, the labels' stability
+    and the audit, from the rows."""
+    lines = [f"{len(materials)} materials are anchored on DFT (`harmonic_reference` = `dft`). The potential's own harmonic "
+             "frequencies at DFT's geometry against DFT (`potential_dft_mae_THz`, no NAC on either side), by phonondb split "
+             "(the fine-tune's):", "", "| phonondb split | materials | median MAE (THz) | mean | median max residual force "
+             "(eV/Å) | median pressure (GPa) |", "|---|---|---|---|---|---|"]
+    for split in ("train", "validation", "test"):
+        group = [m for m in materials if m["phonondb_split"] == split]
+        if group:
+            mae = [m["potential_dft_mae_THz"] for m in group]
+            lines.append(f"| {split} | {len(group)} | {np.median(mae):.3f} | {np.mean(mae):.3f} | "
+                         f"{_median([m['potential_residual_max_force_eV_A'] for m in group])} | "
+                         f"{_median([m['potential_residual_pressure_GPa'] for m in group])} |")
+    agree = Counter((bool(m["dft_dynamically_stable"]), bool(m["potential_dynamically_stable"])) for m in materials)
+    at300 = [r for r in rows if r.get("harmonic_reference") == "dft" and r["temperature_K"] == 300.0]
+    stable_dft = [r for r in at300 if r["dft_dynamically_stable"]]
+    kept = sum(r["n_imaginary_renormalized"] == 0 and not r["at_stabilization_floor"] for r in stable_dft)
+    lines += ["", f"The potential's own verdict at DFT's geometry: both stable {agree[(True, True)]}, both unstable "
+                  f"{agree[(False, False)]}, DFT stable but the potential not {agree[(True, False)]}, the potential stable but "
+                  f"DFT not {agree[(False, True)]}; the labels' harmonic part is DFT's, so their harmonic verdict is DFT's. "
+                  f"At 300 K the SSCHA keeps {kept} of the {len(stable_dft)} DFT-stable crystals stable."]
+    shifts = [r["mean_relative_frequency_shift"] for r in rows if r.get("harmonic_reference") == "dft"
+              and r["mean_relative_frequency_shift"] is not None and not r["at_stabilization_floor"]]
+    if shifts:
+        lines.append(f"Mean shifts off the floor: {np.mean(np.asarray(shifts) > 0):.0%} of {len(shifts)} rows harden "
+                     f"(median {np.median(shifts):+.3f}).")
+    audited = [r for r in rows if r.get("audit_max_frequency_difference_THz") is not None]
+    if audited:
+        worst = max(audited, key=lambda r: r["audit_max_frequency_difference_THz"])
+        lines.append(f"Audit ({len({r['material_id'] for r in audited})} materials, {len(audited)} rows): the fast route's "
+                     f"supercell frequencies differ from the direct engine's by at most "
+                     f"{worst['audit_max_frequency_difference_THz']:.3f} THz ({worst['material_id']} at "
+                     f"{worst['temperature_K']:.0f} K, stochastic error {worst['audit_frequency_difference_error_THz']:.3f} THz), "
+                     f"median {_median([r['audit_max_frequency_difference_THz'] for r in audited])} THz; median |Δσᴬ| "
+                     f"{_median([abs(r['audit_sigma_A_difference']) for r in audited])}.")
+    return "\n".join(lines)
+
+
 def fidelity_section(ok: list[dict], failed: list[dict], rows: list[dict], settings: dict) -> str:
     """What the labels are worth: the potential against DFT, the floor, failures and cost, from the rows."""
     first = {}
@@ -258,7 +320,10 @@ def fidelity_section(ok: list[dict], failed: list[dict], rows: list[dict], setti
         first.setdefault(row["material_id"], row)
     materials = list(first.values())
     lines = ["## Label fidelity, failures and cost", ""]
-    with_dft = [m for m in materials if m.get("potential_dft_mae_THz") is not None]
+    anchored = [m for m in materials if m.get("harmonic_reference") == "dft"]
+    if anchored:
+        lines += [anchored_fidelity(anchored, rows), ""]
+    with_dft = [m for m in materials if m.get("potential_dft_mae_THz") is not None and m.get("harmonic_reference") != "dft"]
     if with_dft:
         lines.append(f"Potential vs DFT (phonondb PBEsol) harmonic frequencies, {len(with_dft)} materials "
                      f"(mesh-weighted MAE over every band): `potential_dft_mae_THz` with the potential at its own "
@@ -305,8 +370,10 @@ def fidelity_section(ok: list[dict], failed: list[dict], rows: list[dict], setti
     lines.append(f"Failures: {len(failed)} of {n_attempted} attempted materials ({len(failed) / max(n_attempted, 1):.1%})"
                  + (f", by stage: {', '.join(f'{k} {v}' for k, v in sorted(stages.items()))}" if failed else "") + ".")
     kappa_materials = {r["material_id"] for r in rows if r["kappa_ratio"] is not None and r["temperature_K"] == 300.0}
-    stable = {m["material_id"] for m in materials if m["potential_dynamically_stable"]}
-    lines.append(f"κ at 300 K: {len(kappa_materials)} materials of {len(stable)} the potential finds dynamically stable.")
+    stable = {m["material_id"] for m in materials
+              if (m["dft_dynamically_stable"] if m.get("harmonic_reference") == "dft" else m["potential_dynamically_stable"])}
+    lines.append(f"κ at 300 K: {len(kappa_materials)} materials of {len(stable)} whose harmonic reference (DFT's where "
+                 "anchored, else the potential's) is dynamically stable.")
     hours = [float(r.get("wall_time_s", 0.0)) / 3600 for r in ok]
     if hours:
         lines.append(f"Cost: {np.mean(hours):.2f} core-hours per finished material on average (median {np.median(hours):.2f}, "

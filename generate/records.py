@@ -516,7 +516,8 @@ def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results, nac_
 
 
 def _null_kappa(reason: str) -> dict:
-    return {"kappa_harmonic_W_mK": None, "kappa_renormalized_W_mK": None, "kappa_ratio": None, "kappa_null_reason": reason}
+    return {"kappa_harmonic_W_mK": None, "kappa_renormalized_W_mK": None, "kappa_ratio": None, "kappa_null_reason": reason,
+            "kappa_fc3_source": None}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -246,3 +246,28 @@ def test_born_charges_switch_on_the_non_analytic_correction(shared):
     polar = kappa_from_phono3py(ph3, settings)
     assert not plain.nac and polar.nac and polar.status == "ok"
     assert abs(polar.harmonic.kappa_average_W_mK[0] / plain.harmonic.kappa_average_W_mK[0] - 1) > 1e-3
+
+
+def test_surrogate_fc3_model_matches_atoms_by_position():
+    """SurrogateFC3 evaluates the expansion on structures in any atom order and image (phono3py's supercells)."""
+    from ase.build import bulk
+
+    from generate.kappa.step import SurrogateFC3
+    from generate.sscha.expansion import ForceConstantExpansion, Monomials
+
+    reference = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    rng = np.random.default_rng(1)
+    n = 3 * len(reference)
+    dofs = np.sort(rng.integers(0, n, size=(40, 3)), axis=1)
+    expansion = ForceConstantExpansion(reference, 0.0, [Monomials(dofs=dofs, coefficients=rng.normal(size=40))])
+    atoms = reference.copy()
+    atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+    order = rng.permutation(len(atoms))
+    moved = atoms[order]
+    moved.positions[0] += moved.cell.array[1]
+    model = SurrogateFC3(expansion)
+    (e1,), (f1,) = model.evaluate_structures([atoms])
+    (e2,), (f2,) = model.evaluate_structures([moved])
+    e0, (f0,) = expansion.energies_and_forces((atoms.positions - reference.positions)[None])
+    assert e1 == pytest.approx(e0[0], abs=1e-12) and np.abs(f1 - f0).max() < 1e-12
+    assert e2 == pytest.approx(e1, abs=1e-12) and np.abs(f2 - f1[order]).max() < 1e-12

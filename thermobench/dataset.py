@@ -127,6 +127,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("kappa_renormalized_W_mK", "float64", "W/(m K)", "lattice thermal conductivity (trace/3) from the renormalized FC2", True),
     Column("kappa_ratio", "float64", "", "kappa_renormalized / kappa_harmonic", True),
     Column("kappa_null_reason", "string", "", "why the κ columns are null (not computed, unstable, failed)", True),
+    Column("kappa_fc3_source", "string", "", "where the FC3 of both κ came from: the potential (finite displacements or a symfc random fit) or the SSCHA's surrogate expansion (its compressive-sensing fit, no potential evaluations); null where κ was not computed", True),
     # diagnostics
     Column("sscha_converged", "bool", "", "SSCHA gradient at the noise level on an independent ensemble, every frequency within frequency_error_target_THz, and no mode at the stabilization floor"),
     Column("sscha_status", "string", "", "SSCHA status text; names the engine (direct, or surrogate with its verified errors) and any fall-back"),
@@ -169,7 +170,7 @@ ADDED_IN_2_0 = (
 ADDED_IN_2_1 = (
     "harmonic_reference", "nac_applied", "potential_residual_max_force_eV_A", "potential_residual_pressure_GPa",
     "verified_relative_force_error", "audit_max_frequency_difference_THz", "audit_frequency_difference_error_THz",
-    "audit_sigma_A_difference",
+    "audit_sigma_A_difference", "kappa_fc3_source",
 )
 SCHEMAS = {
     "1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0 + ADDED_IN_2_1),

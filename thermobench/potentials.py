@@ -321,8 +321,12 @@ def evaluate_batch(
 def compute_forces(model: Potential | Calculator, structures: Sequence[Atoms], max_atoms_per_chunk: int = 2048) -> list[np.ndarray]:
     """Forces (eV/A) on many structures: batched for a matgl ``Potential``, looped for an ASE calculator.
 
-    Analytic ASE calculators (EMT, model Hamiltonians in tests) and potentials share one interface.
+    Analytic ASE calculators (EMT, model Hamiltonians in tests) and potentials share one interface; an
+    in-memory model with ``evaluate_structures`` (the generator's anchored potential, a fitted expansion) is
+    evaluated in one call.
     """
+    if hasattr(model, "evaluate_structures"):
+        return list(model.evaluate_structures(list(structures))[1])
     if isinstance(model, Potential):
         return evaluate_batch(model, structures, max_atoms_per_chunk=max_atoms_per_chunk).forces_eV_A
     forces = []

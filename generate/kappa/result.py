@@ -26,7 +26,7 @@ class KappaSettings:
     fc3_supercell_matrix: tuple | None = (2, 2, 2)  # 3 ints (diagonal) or 3x3
     fc2_supercell_matrix: tuple | None = None  # None: the FC3 supercell, or that of the FC2s passed in
     primitive_matrix: str | tuple | None = "auto"
-    fc3_method: str = "finite_displacement"  # finite_displacement | random_fit
+    fc3_method: str = "finite_displacement"  # finite_displacement | random_fit | surrogate (generator only, see step)
     fc3_cutoff_A: float | None = None  # pair cutoff of the displacements (FD) or of the fitted FC3 (random_fit)
     fc3_displacement_A: float = 0.03
     fc3_n_snapshots: int | None = None  # random_fit; None: symfc's estimate of the minimum x 4
@@ -55,7 +55,7 @@ class KappaSettings:
         for name in ("fc3_supercell_matrix", "fc2_supercell_matrix"):
             if getattr(self, name) is not None:
                 checks.supercell_matrix(getattr(self, name), f"kappa.{name}")
-        checks.choice(self.fc3_method, "kappa.fc3_method", ("finite_displacement", "random_fit"))
+        checks.choice(self.fc3_method, "kappa.fc3_method", ("finite_displacement", "random_fit", "surrogate"))
         if self.fc3_cutoff_A is not None:
             checks.positive(self.fc3_cutoff_A, "kappa.fc3_cutoff_A")
         checks.positive(self.fc3_displacement_A, "kappa.fc3_displacement_A")

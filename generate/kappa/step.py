@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 from ase import Atoms
@@ -12,6 +13,25 @@ from generate.kappa.transport import compute_kappa
 
 # ----------------------------------------------------------------------------------------------
 # Pipeline step
+
+
+class SurrogateFC3:
+    """The SSCHA's fitted expansion as a force model for FC3 (``kappa.fc3_method: surrogate``): the compressive-
+    sensing fit's cubic terms at no potential evaluation. Atoms are matched to its reference supercell by position."""
+
+    def __init__(self, expansion):
+        self.expansion = expansion
+
+    def evaluate_structures(self, structures) -> tuple[np.ndarray, np.ndarray]:
+        from generate.anchoring import match_sites
+
+        reference = self.expansion.reference_atoms
+        matched = [match_sites(reference, atoms) for atoms in structures]
+        displacements = np.zeros((len(structures), len(reference), 3))
+        for k, (sites, u) in enumerate(matched):
+            displacements[k, sites] = u
+        energies, forces = self.expansion.energies_and_forces(displacements)
+        return energies, np.array([f[sites] for f, (sites, _) in zip(forces, matched, strict=True)])
 
 
 def settings_from_dict(values: Mapping | None) -> KappaSettings:
@@ -38,11 +58,18 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
     wanted = [float(t) for t in values.get("temperatures_K") or [r.temperature_K for r in results]]
     chosen = [r for r in results if any(abs(r.temperature_K - t) < 1e-9 for t in wanted)]
     skipped = {"kappa_harmonic_W_mK": None, "kappa_renormalized_W_mK": None, "kappa_ratio": None,
-               "kappa_null_reason": f"not computed at this temperature (kappa.temperatures_K = {wanted})"}
+               "kappa_null_reason": f"not computed at this temperature (kappa.temperatures_K = {wanted})",
+               "kappa_fc3_source": None}
     if not chosen:
         return [dict(skipped) for _ in results]
     values["temperatures_K"] = [float(r.temperature_K) for r in chosen]
     settings = settings_from_dict(values)
+    expansions = [r.expansion for r in results if getattr(r, "expansion", None) is not None]
+    fc3_source = "potential, finite displacements" if settings.fc3_method != "random_fit" else "potential, symfc random fit"
+    if settings.fc3_method == "surrogate":
+        settings = replace(settings, fc3_method="finite_displacement")
+        if expansions:  # the last fit: refits at later temperatures only add configurations
+            model, fc3_source = SurrogateFC3(expansions[-1]), "surrogate expansion, finite displacements"
     result = compute_kappa(
         cell, model, settings,
         fc2_renormalized={float(r.temperature_K): r.force_constants_eV_A2 for r in chosen},
@@ -60,5 +87,6 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
             "kappa_renormalized_W_mK": renormalized_kappa[k],
             "kappa_ratio": ratio,
             "kappa_null_reason": None if ratio is not None else (result.kappa_ratio_null_reason or result.reason),
+            "kappa_fc3_source": fc3_source,
         }
     return [by_temperature.get(float(r.temperature_K), dict(skipped)) for r in results]

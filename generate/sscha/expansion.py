@@ -100,6 +100,7 @@ class ForceConstantExpansion(Calculator):
         from scipy.sparse import csr_matrix
 
         self.reference = reference.positions.copy()
+        self.reference_atoms = Atoms(reference.numbers, positions=reference.positions, cell=reference.cell.array, pbc=True)
         self.energy0_eV = energy0_eV
         self.orders = orders
         self.block_elements = block_elements  # bounds the (configurations × monomials) work arrays

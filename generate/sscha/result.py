@@ -138,6 +138,7 @@ class SSCHAResult:
     surrogate: SurrogateReport | None = None
     sigma_A_error: float = float("nan")  # stochastic (jackknife over antithetic pairs)
     phonon: object = field(default=None, repr=False)  # phonopy.Phonopy with the SSCHA force constants
+    expansion: object = field(default=None, repr=False)  # the surrogate's fitted expansion (surrogate engine only)
 
     @property
     def max_frequency_error_THz(self) -> float:

@@ -291,6 +291,7 @@ def solve_on_surrogate(
     sigma_a, sigma_a_error = anharmonicity_score(model, real, np.full(len(real.energies_eV), 1.0 / len(real.energies_eV)), fc_harmonic)
     changes = dict(
         backend="surrogate",
+        expansion=fit.expansion,
         n_potential_evaluations=evaluations,
         surrogate=report,
         sigma_A=sigma_a,

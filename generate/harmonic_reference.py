@@ -70,7 +70,7 @@ def residual_stress(atoms: Atoms, calculator) -> tuple[float, float]:
     return float(np.linalg.norm(forces, axis=1).max()), pressure
 
 
-def dft_reference(material, atoms: Atoms, loaded, settings: dict, harmonic_settings, sscha_settings) -> HarmonicReference:
+def dft_reference(material, atoms: Atoms, loaded, settings) -> HarmonicReference:
     """The anchored route: DFT's geometry and FC2, the potential anchored to it in the SSCHA supercell."""
     from phonopy import Phonopy
 
@@ -82,7 +82,8 @@ def dft_reference(material, atoms: Atoms, loaded, settings: dict, harmonic_setti
     nac = dft.nac_params
     atoms = atoms.copy()
     atoms.set_masses(dft.primitive.masses)  # DFT's frequencies are phonopy's, with phonopy's masses
-    matrix = anchored_supercell(dft, atoms, settings["supercell"])
+    matrix = anchored_supercell(dft, atoms, settings.supercell)
+    sscha_settings = settings.sscha[0]
     model = supercell_model(atoms, matrix, sscha_settings)
     fc_dft = symmetrize_matrix(model, to_matrix(dft_force_constants(dft, atoms, matrix)))  # as every SSCHA step
     anchored, evaluations = anchor(loaded.model, model, fc_dft, sscha_settings.displacement_A,
@@ -90,12 +91,12 @@ def dft_reference(material, atoms: Atoms, loaded, settings: dict, harmonic_setti
     supercell = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=matrix, primitive_matrix=np.eye(3),
                         symprec=sscha_settings.symprec)
     supercell.force_constants = to_blocks(fc_dft)
-    harmonic = phonon_properties(supercell, harmonic_settings, evaluations)
+    harmonic = phonon_properties(supercell, settings.harmonic_in(matrix), evaluations)
     mesh = Phonopy(dft.unitcell, supercell_matrix=dft.supercell_matrix, primitive_matrix=dft.primitive_matrix,
                    symprec=dft.symmetry.tolerance)
     mesh.force_constants = dft.force_constants
     mesh.nac_params = nac
-    large = phonon_properties(mesh, harmonic_settings, 0)
+    large = phonon_properties(mesh, settings.harmonic, 0)
     max_force, pressure = residual_stress(atoms, loaded.calculator)
     return HarmonicReference(
         kind="dft", cell=atoms, supercell_matrix=np.asarray(matrix), harmonic=harmonic, large=large,
@@ -105,20 +106,20 @@ def dft_reference(material, atoms: Atoms, loaded, settings: dict, harmonic_setti
     )
 
 
-def potential_reference(atoms: Atoms, loaded, settings: dict, relax_settings, harmonic_settings_of, stage) -> HarmonicReference:
+def potential_reference(atoms: Atoms, loaded, settings, stage) -> HarmonicReference:
     """The potential route: relax with the potential, its FC2 in the SSCHA supercell and in the larger one of the mesh."""
     from generate.harmonic import harmonic_phonons
     from generate.records import sscha_supercells
     from generate.relax import relax
 
-    relaxed = stage("relax", relax, atoms, loaded.calculator, relax_settings)
+    relaxed = stage("relax", relax, atoms, loaded.calculator, settings.relax)
     cell = relaxed.atoms
     cell.calc = None
-    matrix, large_matrix = sscha_supercells(cell, settings["supercell"], settings["harmonic"])
-    harmonic = stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings_of(matrix))
+    matrix, large_matrix = sscha_supercells(cell, settings.supercell, settings.harmonic)
+    harmonic = stage("harmonic", harmonic_phonons, cell, loaded.model, settings.harmonic_in(matrix))
     large = harmonic
     if not np.array_equal(large_matrix, matrix):
-        large = stage("harmonic", harmonic_phonons, cell, loaded.model, harmonic_settings_of(large_matrix))
+        large = stage("harmonic", harmonic_phonons, cell, loaded.model, settings.harmonic_in(large_matrix))
     max_force, pressure = stage("harmonic", residual_stress, cell, loaded.calculator)
     return HarmonicReference(
         kind="potential", cell=cell, supercell_matrix=np.asarray(matrix), harmonic=harmonic, large=large,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from generate.atomic import write_json_atomically
 from generate.records import compute_material, material_fields, open_run_folder
-from generate.settings import RECORD_VERSION, check_settings, settings_from_config
+from generate.settings import RECORD_VERSION, GeneratorSettings, check_settings, settings_from_config
 from thermobench.families import Material
 from thermobench.potentials import LoadedPotential, named_potential_sha256
 
@@ -34,20 +34,21 @@ from thermobench.potentials import LoadedPotential, named_potential_sha256
 # Executors
 
 
-def serial_executor(materials: list[Material], settings: dict, device: str, potential=None,
+def serial_executor(materials: list[Material], settings: GeneratorSettings, device: str, potential=None,
                     checkpoint_dir: Path | None = None) -> Iterable[dict]:
     for material in materials:
         yield compute_material(material, settings, device, potential, checkpoint_dir)
 
 
-def _ray_compute(material: Material, settings: dict, device: str, num_threads: int, checkpoint_dir: str | None) -> dict:
+def _ray_compute(material: Material, settings: GeneratorSettings, device: str, num_threads: int,
+                 checkpoint_dir: str | None) -> dict:
     import torch
 
     torch.set_num_threads(max(1, num_threads))
     return compute_material(material, settings, device, checkpoint_dir=checkpoint_dir)
 
 
-def ray_executor(materials: list[Material], settings: dict, device: str, ray_cfg: dict,
+def ray_executor(materials: list[Material], settings: GeneratorSettings, device: str, ray_cfg: dict,
                  checkpoint_dir: Path | None = None) -> Iterable[dict]:
     """Materials as Ray tasks; records return to the driver, which writes them (no shared disk needed;
     without one, a worker keeps its checkpoints on its own disk, at the same path)."""
@@ -133,7 +134,7 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
 
     start = time.time()
     settings = settings_from_config(cfg)
-    check_settings(settings)
+    typed = check_settings(settings)  # the only conversion: workers get these typed settings
     materials = materials if materials is not None else materials_from_config(cfg.source)
     ids = [m.material_id for m in materials]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -168,11 +169,11 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
 
     device = str(cfg.potential.device)
     if cfg.executor.kind == "serial" or potential is not None:
-        records = serial_executor(todo, settings, device, potential, folder.partial)
+        records = serial_executor(todo, typed, device, potential, folder.partial)
     elif cfg.executor.kind == "ray":
         from omegaconf import OmegaConf
 
-        records = ray_executor(todo, settings, device, OmegaConf.to_container(cfg.executor.ray, resolve=True), folder.partial)
+        records = ray_executor(todo, typed, device, OmegaConf.to_container(cfg.executor.ray, resolve=True), folder.partial)
     else:
         raise ValueError(f"executor.kind must be 'ray' or 'serial', not {cfg.executor.kind!r}")
 

@@ -25,14 +25,7 @@ from generate.labels import (
     structure_hash,
 )
 from generate.modes import frequency_shifts, matched_frequencies
-from generate.settings import (
-    RECORD_VERSION,
-    fingerprint,
-    harmonic_settings,
-    package_versions,
-    sscha_engine,
-    sscha_settings,
-)
+from generate.settings import RECORD_VERSION, GeneratorSettings, fingerprint, package_versions
 from thermobench.families import Material
 from thermobench.potentials import load_named_potential
 
@@ -56,11 +49,12 @@ def material_fields(material: Material) -> dict:
             "family": material.family, "source": material.source, "source_id": material.source_id}
 
 
-def compute_material(material: Material, settings: dict, device: str = "cpu", potential=None,
+def compute_material(material: Material, settings: GeneratorSettings, device: str = "cpu", potential=None,
                      checkpoint_dir: Path | str | None = None) -> dict:
     """Compute one material's record; never raises (a failure becomes a failure record).
 
-    ``potential``: a :class:`LoadedPotential` to use instead of loading ``settings["potential"]``.
+    ``settings``: the run's checked settings (:func:`generate.settings.check_settings`).
+    ``potential``: a :class:`LoadedPotential` to use instead of loading ``settings.potential``.
     ``checkpoint_dir``: where the expensive stages are checkpointed (:mod:`generate.checkpoint`), in a
     folder per material, deleted once the material succeeds; a failed one keeps it, so that
     ``retry_failed`` resumes. ``wall_time_s`` includes the time of the stages read back, and
@@ -110,8 +104,7 @@ def _stage(name: str, function: Callable, *args, **kwargs):
         raise StageError(name, error) from error
 
 
-def _compute_rows(material: Material, settings: dict, device: str, potential, start: float) -> list[dict]:
-    from generate.config import relax_settings
+def _compute_rows(material: Material, settings: GeneratorSettings, device: str, potential, start: float) -> list[dict]:
     from generate.harmonic_reference import dft_reference, potential_reference, uses_dft
     from generate.sscha.classical import classical_sigma_A
     from thermobench.families import formula_reduced
@@ -119,24 +112,22 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     from thermobench.potentials import check_structure
 
     atoms = _stage("load", material.atoms)
-    loaded = potential if potential is not None else _stage("potential", load_named_potential, settings["potential"], device)
+    loaded = potential if potential is not None else _stage("potential", load_named_potential, settings.potential, device)
     _stage("check", check_structure, atoms, loaded.element_types, f"{material.material_id} ({material.formula})",
            loaded.cutoff_A)
-    anchored = uses_dft(material, settings["harmonic_reference"])
+    anchored = uses_dft(material, settings.harmonic_reference)
     if not anchored:
-        _stage("check", sscha_supercells, atoms, settings["supercell"], settings["harmonic"])  # before the relaxation
+        _stage("check", sscha_supercells, atoms, settings.supercell, settings.harmonic)  # before the relaxation
     if material.source == "file":  # a file's name says nothing reliable about its formula
         material = replace(material, formula=atoms.get_chemical_formula("metal", empirical=True))
 
-    symprec = settings["harmonic"]["symprec"]
-    temperatures = [float(t) for t in settings["temperatures_K"]]
-    tolerance = float(settings["harmonic"]["imaginary_tolerance_THz"])
+    symprec = settings.harmonic.symprec
+    temperatures = list(settings.temperatures_K)
+    tolerance = float(settings.harmonic.imaginary_tolerance_THz)
     if anchored:
-        reference = _stage("harmonic", dft_reference, material, atoms, loaded, settings,
-                           harmonic_settings(settings, None, temperatures), sscha_settings(settings, temperatures[0]))
+        reference = _stage("harmonic", dft_reference, material, atoms, loaded, settings)
     else:
-        reference = potential_reference(atoms, loaded, settings, relax_settings(settings["relax"], settings["harmonic"]),
-                                        lambda m: harmonic_settings(settings, m, temperatures), _stage)
+        reference = potential_reference(atoms, loaded, settings, _stage)
     cell, matrix, harmonic, large = reference.cell, reference.supercell_matrix, reference.harmonic, reference.large
     model = reference.sscha_potential
     fc_harmonic = np.asarray(harmonic.phonon.force_constants)
@@ -144,32 +135,30 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
 
     sg = _stage("symmetry", _spacegroup_number_symbol, cell, symprec)
     versions = package_versions()
-    dos_cfg = settings["dos"]
-    shift_min = float(settings["targets"]["shift_min_frequency_THz"])
+    shift_min = settings.shift_min_frequency_THz
     static_energy = reference.static_energy_eV_atom
     harm_mesh = np.asarray(large.mesh_frequencies_THz)
     dft = _stage("dft", dft_comparison, material, reference, tolerance, loaded.model)
     harm_comm = np.asarray(harmonic.commensurate_frequencies_THz)
 
-    results, floor, raised = _stage("sscha", sscha_with_floor, sscha_engine(settings), cell, model, matrix,
-                                    [sscha_settings(settings, t) for t in temperatures], (fc_harmonic, 0))
+    results, floor, raised = _stage("sscha", sscha_with_floor, settings.engine, cell, model, matrix, list(settings.sscha),
+                                    (fc_harmonic, 0))
+    at_floor = [replace(s, min_frequency_THz=floor) for s in settings.sscha]
     harmonic_super = results[0].harmonic_supercell_frequencies_THz
     ren_meshes = _stage("embedding", _embedded_meshes, cell, matrix, harmonic, large, results, symprec)
 
     kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results, reference.nac_params)
     matched = _stage("modes", _matched_modes, cell, matrix, harmonic, results, symprec)
-    n_classical = int(settings["targets"]["classical_sigma_A_configurations"])
-    classical = [_stage("classical", classical_sigma_A, cell, matrix, model, r, sscha_settings(settings, r.temperature_K),
-                        n_classical) for r in results]
-    audits = _stage("audit", audit_columns, material.material_id, settings["audit"], cell, model, matrix,
-                    [replace(sscha_settings(settings, r.temperature_K), min_frequency_THz=floor) for r in results],
+    classical = [_stage("classical", classical_sigma_A, cell, matrix, model, r, one, settings.classical_sigma_A_configurations)
+                 for r, one in zip(results, settings.sscha, strict=True)]
+    audits = _stage("audit", audit_columns, material.material_id, settings, cell, model, matrix, at_floor,
                     (fc_harmonic, 0), results)
 
     # Frequency grid shared by every temperature, so DOS rows are comparable.
     all_max = max([harm_mesh.max()] + [m.max() for m in ren_meshes])
     all_min = min([harm_mesh.min()] + [m.min() for m in ren_meshes])
-    sigma = float(dos_cfg["sigma_THz"])
-    grid = np.linspace(min(0.0, all_min) - 3 * sigma, all_max + 3 * sigma, int(dos_cfg["n_points"]))
+    sigma = settings.dos_sigma_THz
+    grid = np.linspace(min(0.0, all_min) - 3 * sigma, all_max + 3 * sigma, settings.dos_n_points)
     harm_dos = smeared_dos(harm_mesh, large.mesh_weights, grid, sigma)
 
     n_imag = int((harmonic_super < -tolerance).sum())
@@ -205,7 +194,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     }
     rows = []
     wall = time.time() - start + active_checkpoints().reused_seconds
-    target = sscha_settings(settings, temperatures[0]).frequency_error_target_THz
+    target = settings.frequency_error_target_THz
     for temperature, result, kappa, ren_mesh, (harm_pairs, ren_pairs, overlaps), (sigma_cl, sigma_cl_error), audit in zip(
         temperatures, results, kappas, ren_meshes, matched, classical, audits, strict=True
     ):
@@ -237,7 +226,7 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
                 "renormalized_commensurate_frequencies_THz": np.asarray(result.commensurate_frequencies_THz).tolist(),
                 "renormalized_commensurate_frequencies_matched_THz": ren_pairs.tolist(),
                 "min_mode_overlap": float(overlaps.min()),
-                "q_mesh": [int(x) for x in settings["harmonic"]["q_mesh"]],
+                "q_mesh": [int(x) for x in settings.harmonic.q_mesh],
                 "mesh_qpoints": np.asarray(large.mesh_qpoints).tolist(),
                 "mesh_weights": [int(w) for w in large.mesh_weights],
                 "harmonic_mesh_frequencies_THz": harm_mesh.tolist(),
@@ -293,8 +282,8 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
                 "potential_sha256": loaded.sha256,
                 "thermobench_version": versions["thermobench"] or "unknown",
                 "package_versions": json.dumps(versions, sort_keys=True),
-                "seed": int(settings["seed"]),
-                "settings_json": json.dumps(settings, sort_keys=True),
+                "seed": settings.seed,
+                "settings_json": json.dumps(settings.plain, sort_keys=True),
             }
         )
     for row in rows:  # fields a float column would otherwise carry as NaN or inf
@@ -304,16 +293,16 @@ def _compute_rows(material: Material, settings: dict, device: str, potential, st
     return rows
 
 
-def sscha_supercells(atoms, supercell: dict, harmonic: dict) -> tuple[np.ndarray, np.ndarray]:
+def sscha_supercells(atoms, supercell: dict, harmonic) -> tuple[np.ndarray, np.ndarray]:
     """The SSCHA supercell (``supercell`` settings) and the harmonic one of the q-mesh
     (``harmonic.supercell_min_length_A`` within ``harmonic.supercell_max_atoms``), never smaller than the SSCHA's."""
     sc = supercell
     matrix = choose_supercell(atoms, sc["min_atoms"], sc["max_atoms"], sc.get("matrix"), sc["min_length_A"])
     n_small = len(atoms) * round(abs(np.linalg.det(matrix)))
-    budget = harmonic.get("supercell_max_atoms") or 10**6
+    budget = harmonic.supercell_max_atoms or 10**6
     if sc.get("matrix") is not None or budget <= n_small:
         return matrix, matrix
-    large = choose_supercell(atoms, 0, budget, None, harmonic["supercell_min_length_A"])
+    large = choose_supercell(atoms, 0, budget, None, harmonic.supercell_min_length_A)
     return matrix, (large if abs(np.linalg.det(large)) > abs(np.linalg.det(matrix)) else matrix)
 
 
@@ -397,7 +386,8 @@ def in_audit_sample(material_id: str, every: int) -> bool:
     return every > 0 and int(hashlib.sha256(material_id.encode()).hexdigest(), 16) % every == 0
 
 
-def audit_columns(material_id: str, audit: dict, cell, model, matrix, per_temperature: list, harmonic, results) -> list[dict]:
+def audit_columns(material_id: str, settings: GeneratorSettings, cell, model, matrix, per_temperature: list, harmonic,
+                  results) -> list[dict]:
     """The audit of the fast route: for a material of the audit sample, the direct engine (every force from the
     (anchored) potential) to ``audit.frequency_error_target_THz`` at every temperature, beside the row's own
     result: the largest difference of the sorted supercell frequencies, its stochastic error and the σᴬ
@@ -406,9 +396,9 @@ def audit_columns(material_id: str, audit: dict, cell, model, matrix, per_temper
 
     empty = {"audit_max_frequency_difference_THz": None, "audit_frequency_difference_error_THz": None,
              "audit_sigma_A_difference": None}
-    if not in_audit_sample(material_id, int(audit["every"])):
+    if not in_audit_sample(material_id, settings.audit_every):
         return [dict(empty) for _ in results]
-    target = float(audit["frequency_error_target_THz"])
+    target = settings.audit_frequency_error_target_THz
     verified = DirectEngine().run(cell, model, matrix, [replace(s, frequency_error_target_THz=target) for s in per_temperature],
                                   harmonic=harmonic)
     out = []
@@ -492,9 +482,9 @@ def _spacegroup_number_symbol(atoms, symprec: float) -> tuple[int, str]:
     return int(data.number), str(data.international)
 
 
-def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results, nac_params=None) -> list[dict]:
+def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, results, nac_params=None) -> list[dict]:
     """κ columns per temperature: computed when enabled and generate.kappa exists, else null with the reason."""
-    cfg = settings.get("kappa") or {}
+    cfg = settings.kappa
     if not cfg.get("enabled", False):
         return [_null_kappa("not computed: kappa disabled in the generation settings") for _ in results]
     try:
@@ -507,7 +497,7 @@ def _kappa_columns(settings: dict, cell, matrix, loaded, harmonic, results, nac_
     adapter = getattr(kappa_module, "pipeline_kappa_columns", None)
     if adapter is None:
         return [_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point") for _ in results]
-    values = {**cfg, **{k: settings["harmonic"][k] for k in ("symprec", "imaginary_tolerance_THz")}}
+    values = {**cfg, "symprec": settings.harmonic.symprec, "imaginary_tolerance_THz": settings.harmonic.imaginary_tolerance_THz}
     inputs = (cell, np.asarray(matrix), values, np.asarray(harmonic.phonon.force_constants),
               [(r.temperature_K, r.force_constants_eV_A2) for r in results])
     if nac_params is not None:

@@ -1,9 +1,10 @@
-"""The generator's settings as plain data: read from Hydra, checked before any work, fingerprinted."""
+"""The generator's settings: read from Hydra as plain data (fingerprinted), checked and typed once, before any work."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,52 +34,63 @@ def settings_from_config(cfg) -> dict:
     return settings
 
 
-def sscha_engine(settings: dict):
-    """The SSCHA engine of the run (the ``sscha`` group's ``_target_``)."""
-    from generate.config import sscha_engine as engine_of
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """The generator's settings, typed and checked once (:func:`check_settings`), for every material of a run.
 
-    return engine_of(settings["sscha"])
+    ``plain`` is the plain-data form (fingerprinted, written beside every row); the rest is built from it.
+    """
+
+    plain: dict = field(repr=False)
+    temperatures_K: tuple[float, ...]
+    harmonic_reference: str  # dft | potential (generate.harmonic_reference)
+    supercell: dict  # the SSCHA supercell rule (generate.labels.choose_supercell)
+    relax: object  # RelaxSettings
+    harmonic: object  # HarmonicSettings with the temperatures; the supercell is set per material (harmonic_in)
+    sscha: tuple  # one SSCHASettings per temperature
+    engine: object  # DirectEngine | SurrogateEngine
+    kappa: dict  # the kappa node (generate.kappa.pipeline_kappa_columns)
+    audit_every: int
+    audit_frequency_error_target_THz: float
+    shift_min_frequency_THz: float
+    classical_sigma_A_configurations: int
+    dos_sigma_THz: float
+    dos_n_points: int
+    seed: int
+    potential: str
+
+    def harmonic_in(self, supercell_matrix):
+        """The harmonic settings in one material's supercell."""
+        return replace(self.harmonic, supercell_matrix=tuple(map(tuple, np.asarray(supercell_matrix).tolist())))
+
+    @property
+    def frequency_error_target_THz(self) -> float | None:
+        return self.sscha[0].frequency_error_target_THz
 
 
-def sscha_settings(settings: dict, temperature_K: float):
-    """The SSCHA's settings at one temperature: the ``sscha`` group plus the harmonic keys it shares."""
-    from generate.config import sscha_settings as settings_at
-
-    return settings_at(settings["sscha"], settings["harmonic"], temperature_K, settings["seed"])
-
-
-def harmonic_settings(settings: dict, supercell_matrix=None, temperatures_K=()):
-    from generate.config import settings_of
-    from generate.harmonic import HarmonicSettings
-
-    extra = {"temperatures_K": tuple(temperatures_K)} if temperatures_K else {}
-    if supercell_matrix is not None:
-        extra["supercell_matrix"] = tuple(map(tuple, np.asarray(supercell_matrix).tolist()))
-    return settings_of(HarmonicSettings, settings["harmonic"], "harmonic", **extra)
-
-
-def check_settings(settings: dict) -> None:
-    """Every numerical setting, checked before the first material; ``SettingsError`` names the field."""
+def check_settings(settings: dict) -> GeneratorSettings:
+    """Every setting, checked and typed before the first material; ``SettingsError`` names the field."""
     from generate import checks
-    from generate.config import relax_settings
-
+    from generate.config import relax_settings, settings_of
+    from generate.config import sscha_engine as engine_of
+    from generate.config import sscha_settings as settings_at
+    from generate.harmonic import HarmonicSettings
     from generate.harmonic_reference import REFERENCES
 
     checks.choice(settings["harmonic_reference"], "harmonic_reference", REFERENCES)
-    checks.positive(settings["audit"]["every"], "audit.every", integer=True, strict=False)
-    checks.positive(settings["audit"]["frequency_error_target_THz"], "audit.frequency_error_target_THz")
+    audit_every = checks.positive(settings["audit"]["every"], "audit.every", integer=True, strict=False)
+    audit_target = checks.positive(settings["audit"]["frequency_error_target_THz"], "audit.frequency_error_target_THz")
     quantum = bool(settings["sscha"].get("quantum", True))
-    temperatures = checks.temperatures(settings["temperatures_K"], "temperatures_K", quantum=quantum)
+    temperatures = tuple(checks.temperatures(settings["temperatures_K"], "temperatures_K", quantum=quantum))
     sc = settings["supercell"]
     checks.atom_budget(sc["min_atoms"], sc["max_atoms"])
     checks.positive(sc["min_length_A"], "supercell.min_length_A", strict=False)
     if sc.get("matrix") is not None:
         checks.supercell_matrix(sc["matrix"], "supercell.matrix")
-    relax_settings(settings["relax"], settings["harmonic"])
-    harmonic_settings(settings, temperatures_K=temperatures)
-    for temperature in temperatures:
-        sscha_settings(settings, temperature)
-    sscha_engine(settings)
+    relax = relax_settings(settings["relax"], settings["harmonic"])
+    harmonic = settings_of(HarmonicSettings, settings["harmonic"], "harmonic", temperatures_K=temperatures)
+    sscha = tuple(settings_at(settings["sscha"], settings["harmonic"], t, settings["seed"]) for t in temperatures)
+    engine = engine_of(settings["sscha"])
     if settings["kappa"].get("enabled"):
         from generate.kappa import settings_from_dict
 
@@ -87,11 +99,28 @@ def check_settings(settings: dict) -> None:
             values["fc3_supercell_matrix"] = [2, 2, 2]  # stands in for the SSCHA supercell in this check
         settings_from_dict({**values, "temperatures_K": list(temperatures), "symprec": settings["harmonic"]["symprec"],
                             "imaginary_tolerance_THz": settings["harmonic"]["imaginary_tolerance_THz"]})
-    checks.positive(settings["dos"]["sigma_THz"], "dos.sigma_THz")
-    checks.positive(settings["dos"]["n_points"], "dos.n_points", integer=True, minimum=2, strict=False)
-    checks.positive(settings["targets"]["shift_min_frequency_THz"], "targets.shift_min_frequency_THz", strict=False)
-    checks.positive(settings["targets"]["classical_sigma_A_configurations"], "targets.classical_sigma_A_configurations",
-                    integer=True, minimum=4, strict=False)
+    return GeneratorSettings(
+        plain=settings,
+        temperatures_K=temperatures,
+        harmonic_reference=settings["harmonic_reference"],
+        supercell=dict(sc),
+        relax=relax,
+        harmonic=harmonic,
+        sscha=sscha,
+        engine=engine,
+        kappa=dict(settings["kappa"]),
+        audit_every=int(audit_every),
+        audit_frequency_error_target_THz=float(audit_target),
+        shift_min_frequency_THz=checks.positive(settings["targets"]["shift_min_frequency_THz"],
+                                                "targets.shift_min_frequency_THz", strict=False),
+        classical_sigma_A_configurations=checks.positive(settings["targets"]["classical_sigma_A_configurations"],
+                                                         "targets.classical_sigma_A_configurations", integer=True,
+                                                         minimum=4, strict=False),
+        dos_sigma_THz=checks.positive(settings["dos"]["sigma_THz"], "dos.sigma_THz"),
+        dos_n_points=checks.positive(settings["dos"]["n_points"], "dos.n_points", integer=True, minimum=2, strict=False),
+        seed=int(settings["seed"]),
+        potential=str(settings["potential"]),
+    )
 
 
 def fingerprint(settings: dict, potential_sha256: str) -> str:

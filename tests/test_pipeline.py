@@ -311,12 +311,12 @@ def test_a_material_stopped_after_its_sscha_resumes_from_its_checkpoints(tmp_pat
     pytest.importorskip("phono3py")
     import generate.kappa
     from generate.records import compute_material
-    from generate.settings import settings_from_config
+    from generate.settings import check_settings, settings_from_config
     from generate.sources import materials_from_config
     from generate.sscha import engine
 
     cfg = compose("source.ids=[fcc-Cu]", "temperatures_K=[100.0,300.0]", "kappa=rta", "kappa.q_mesh=[4,4,4]")
-    settings, (material,) = settings_from_config(cfg), materials_from_config(cfg.source)
+    settings, (material,) = check_settings(settings_from_config(cfg)), materials_from_config(cfg.source)
     calls = []
     direct = engine.run_sscha
     monkeypatch.setattr(engine, "run_sscha", lambda *a, **k: calls.append(a[3].temperature_K) or direct(*a, **k))

@@ -227,3 +227,25 @@ def test_release_0_2_schema_splits_null_reasons_and_dft_columns(config):
     card = (RELEASE / "README.md").read_text()
     assert "Label fidelity" in card and "figures/targets_by_family_and_element.png" in card
     assert (RELEASE / "figures" / "targets_by_family_and_element.png").is_file()
+
+
+def test_card_counts_the_anchored_rows_from_their_own_columns():
+    from generate.card import anchored_fidelity
+
+    rows = []
+    for k, (stable, shift, floor, audit) in enumerate([(True, 0.05, False, 0.02), (True, -0.01, True, None),
+                                                       (False, 0.03, False, None)]):
+        row = _row()
+        row.update(material_id=f"m{k}", harmonic_reference="dft", temperature_K=300.0, phonondb_split="test",
+                   potential_dft_mae_THz=0.5 + k, potential_residual_max_force_eV_A=0.01, potential_residual_pressure_GPa=1.0,
+                   dft_dynamically_stable=stable, potential_dynamically_stable=True, n_imaginary_renormalized=0,
+                   at_stabilization_floor=floor, mean_relative_frequency_shift=shift,
+                   audit_max_frequency_difference_THz=audit, audit_frequency_difference_error_THz=audit and 0.01,
+                   audit_sigma_A_difference=audit and 0.001)
+        rows.append(row)
+    text = anchored_fidelity(rows, rows)
+    assert "3 materials are anchored" in text and "| test | 3 | 1.500 | 1.500 |" in text
+    assert "DFT stable but the potential not 0, the potential stable but DFT not 1" in text
+    assert "the SSCHA keeps 1 of the 2 DFT-stable crystals stable" in text  # the floor row is not stable
+    assert "100% of 2 rows harden" in text  # the floor row's shift is a bound, left out
+    assert "Audit (1 materials, 1 rows)" in text and "at most 0.020 THz" in text

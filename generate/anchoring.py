@@ -23,6 +23,7 @@ import numpy as np
 from ase import Atoms
 
 from generate.sscha.supercell import evaluate, to_matrix
+from thermobench.potentials import OverlappingAtomsError
 
 
 class AnchoringError(ValueError):
@@ -121,31 +122,49 @@ class AnchoredPotential:
         return out_e, out_f
 
 
-def match_sites(reference: Atoms, atoms: Atoms, tolerance: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Each atom's reference site by position (minimum image, same species) and its displacement.
+class DisplacementTooLargeError(AnchoringError, OverlappingAtomsError):
+    """An atom so far from its site that another site of its element is about as near: the configuration has left
+    the region where displacements from R0 mean anything (as overlapping atoms do for the plain potential, so the
+    SSCHA's stabilization floor is raised the same way)."""
 
-    Refuses a different lattice, species or atom count, two atoms on one site, and displacements beyond
-    ``tolerance`` × the shortest reference distance (the nearest site would then be ambiguous).
+
+def match_sites(reference: Atoms, atoms: Atoms, tolerance: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Each atom's reference site by position and its displacement (Å, minimum image).
+
+    Sites are assigned element by element with the smallest total squared displacement (an optimal assignment,
+    not each atom's nearest site, so that an atom moving towards an occupied site keeps its own). Refuses another
+    lattice or composition, and a displacement beyond ``tolerance`` × the shortest distance between two sites of
+    the atom's element (:class:`DisplacementTooLargeError`).
     """
+    from scipy.optimize import linear_sum_assignment
+
     if len(atoms) != len(reference):
         raise AnchoringError(f"structure has {len(atoms)} atoms, the anchored reference supercell {len(reference)}")
     if not np.allclose(atoms.cell.array, reference.cell.array, atol=1e-6):
         raise AnchoringError("structure's lattice differs from the anchored reference supercell's (fixed DFT lattice)")
+    numbers, reference_numbers = np.asarray(atoms.numbers), np.asarray(reference.numbers)
+    if sorted(numbers) != sorted(reference_numbers):
+        raise AnchoringError("structure's composition differs from the anchored reference supercell's")
     cell = reference.cell.array
     delta = atoms.get_scaled_positions(wrap=False)[:, None, :] - reference.get_scaled_positions(wrap=False)[None, :, :]
     delta -= np.rint(delta)
-    distances = np.linalg.norm(delta @ cell, axis=-1)  # (n_atoms, n_sites)
-    sites = np.argmin(distances, axis=1)
-    if len(np.unique(sites)) != len(sites):
-        raise AnchoringError("two atoms of the structure are nearest to the same reference site")
-    if np.any(np.asarray(atoms.numbers) != np.asarray(reference.numbers)[sites]):
-        raise AnchoringError("an atom sits nearest to a reference site of another element")
-    nearest = distances[np.arange(len(sites)), sites]
-    shortest = reference.get_all_distances(mic=True)[np.triu_indices(len(reference), 1)].min() if len(reference) > 1 else np.inf
-    if nearest.max() > tolerance * shortest:
-        raise AnchoringError(f"an atom is {nearest.max():.3f} Å from its reference site, over {tolerance} × the shortest "
-                             f"interatomic distance ({shortest:.3f} Å): too far to be matched unambiguously")
-    u = (delta[np.arange(len(sites)), sites]) @ cell
+    squared = np.sum((delta @ cell) ** 2, axis=-1)  # (n_atoms, n_sites), minimum image
+    sites = np.empty(len(atoms), dtype=int)
+    limits = np.empty(len(atoms))
+    site_distances = reference.get_all_distances(mic=True)
+    for element in np.unique(reference_numbers):
+        mine, theirs = np.flatnonzero(numbers == element), np.flatnonzero(reference_numbers == element)
+        rows, columns = linear_sum_assignment(squared[np.ix_(mine, theirs)])
+        sites[mine[rows]] = theirs[columns]
+        same = site_distances[np.ix_(theirs, theirs)][np.triu_indices(len(theirs), 1)]
+        limits[mine] = tolerance * (same.min() if same.size else np.inf)
+    u = delta[np.arange(len(sites)), sites] @ cell
+    too_far = np.linalg.norm(u, axis=1) - limits
+    if too_far.max() > 0:
+        k = int(np.argmax(too_far))
+        raise DisplacementTooLargeError(
+            f"an atom ({reference.get_chemical_symbols()[sites[k]]}) is {np.linalg.norm(u[k]):.3f} Å from its reference "
+            f"site, over {tolerance} × the shortest distance between two sites of its element ({limits[k] / tolerance:.3f} Å)")
     return sites, u
 
 

@@ -134,6 +134,29 @@ def test_anchored_forces_vanish_at_the_reference_and_are_minus_the_energy_gradie
     assert worst < 1e-5
 
 
+def test_an_atom_moving_towards_an_occupied_site_keeps_its_own_and_a_wild_one_raises_the_floor(anchored_cu2o):
+    """Each atom's nearest site is not enough: an O moved 60 % of the way towards another O (which stays) is nearer
+    that one's site, the optimal assignment keeps it on its own; beyond the tolerance (a fraction of the O–O
+    distance) it is the SSCHA's cue to raise its stabilization floor (an OverlappingAtomsError, as for the plain
+    potential)."""
+    from generate.anchoring import DisplacementTooLargeError
+    from thermobench.potentials import OverlappingAtomsError
+
+    _, _, _, model, _, _, _ = anchored_cu2o
+    reference = model.atoms
+    oxygens = np.flatnonzero(reference.numbers == 8)
+    a, b = oxygens[0], oxygens[int(np.argmin(reference.get_distances(oxygens[0], oxygens[1:], mic=True))) + 1]
+    vector = reference.get_distance(a, b, mic=True, vector=True)
+    moved = reference.copy()
+    moved.positions[a] += 0.6 * vector
+    sites, u = match_sites(reference, moved, tolerance=0.65)
+    assert sites[a] == a and sites[b] == b
+    np.testing.assert_allclose(u[a], 0.6 * vector, atol=1e-9)
+    with pytest.raises(DisplacementTooLargeError, match=r"an atom \(O\) is .* shortest distance between two sites") as error:
+        match_sites(reference, moved)  # 0.5 × the O–O distance by default
+    assert isinstance(error.value, OverlappingAtomsError)
+
+
 def test_atoms_are_matched_to_the_reference_by_position_not_index(anchored_cu2o):
     _, _, _, model, _, anchored, _ = anchored_cu2o
     rng = np.random.default_rng(3)
@@ -157,7 +180,7 @@ def test_structures_the_reference_cannot_explain_are_refused_before_any_evaluati
     first_o, first_cu = int(np.flatnonzero(numbers == 8)[0]), int(np.flatnonzero(numbers == 29)[0])
     numbers[[first_o, first_cu]] = numbers[[first_cu, first_o]]
     swapped.numbers = numbers
-    with pytest.raises(AnchoringError, match="another element"):
+    with pytest.raises(AnchoringError, match="from its reference site"):  # an O on a Cu site is far from every O site
         match_sites(model.atoms, swapped)
     with pytest.raises(AnchoringError, match="atoms"):
         anchored.evaluate_structures([model.atoms[:-1]])

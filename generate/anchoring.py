@@ -123,21 +123,18 @@ class AnchoredPotential:
 
 
 class DisplacementTooLargeError(AnchoringError, OverlappingAtomsError):
-    """An atom so far from its site that another site of its element is about as near: the configuration has left
-    the region where displacements from R0 mean anything (as overlapping atoms do for the plain potential, so the
-    SSCHA's stabilization floor is raised the same way)."""
+    """An atom at least as near another site of its element as its own: its displacement from R0 cannot be told
+    from its position, the configuration has left the region the anchoring describes (as overlapping atoms do for
+    the plain potential, so the SSCHA raises its stabilization floor the same way)."""
 
 
-def match_sites(reference: Atoms, atoms: Atoms, tolerance: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Each atom's reference site by position and its displacement (Å, minimum image).
+def match_sites(reference: Atoms, atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """Each atom's reference site by position and its displacement (Å, minimum image): the nearest site of its
+    element, which must be nearer than every other site of its element and no other atom's.
 
-    Sites are assigned element by element with the smallest total squared displacement (an optimal assignment,
-    not each atom's nearest site, so that an atom moving towards an occupied site keeps its own). Refuses another
-    lattice or composition, and a displacement beyond ``tolerance`` × the shortest distance between two sites of
-    the atom's element (:class:`DisplacementTooLargeError`).
+    Refuses another lattice or composition; an atom at least as near another site of its element as its own, or
+    two atoms on one site, is a :class:`DisplacementTooLargeError`.
     """
-    from scipy.optimize import linear_sum_assignment
-
     if len(atoms) != len(reference):
         raise AnchoringError(f"structure has {len(atoms)} atoms, the anchored reference supercell {len(reference)}")
     if not np.allclose(atoms.cell.array, reference.cell.array, atol=1e-6):
@@ -149,23 +146,22 @@ def match_sites(reference: Atoms, atoms: Atoms, tolerance: float = 0.5) -> tuple
     delta = atoms.get_scaled_positions(wrap=False)[:, None, :] - reference.get_scaled_positions(wrap=False)[None, :, :]
     delta -= np.rint(delta)
     squared = np.sum((delta @ cell) ** 2, axis=-1)  # (n_atoms, n_sites), minimum image
-    sites = np.empty(len(atoms), dtype=int)
-    limits = np.empty(len(atoms))
-    site_distances = reference.get_all_distances(mic=True)
-    for element in np.unique(reference_numbers):
-        mine, theirs = np.flatnonzero(numbers == element), np.flatnonzero(reference_numbers == element)
-        rows, columns = linear_sum_assignment(squared[np.ix_(mine, theirs)])
-        sites[mine[rows]] = theirs[columns]
-        same = site_distances[np.ix_(theirs, theirs)][np.triu_indices(len(theirs), 1)]
-        limits[mine] = tolerance * (same.min() if same.size else np.inf)
-    u = delta[np.arange(len(sites)), sites] @ cell
-    too_far = np.linalg.norm(u, axis=1) - limits
-    if too_far.max() > 0:
-        k = int(np.argmax(too_far))
+    squared[numbers[:, None] != reference_numbers[None, :]] = np.inf  # only sites of the atom's element
+    order = np.argsort(squared, axis=1)[:, :2]
+    sites = order[:, 0]
+    rows = np.arange(len(atoms))
+    symbols = reference.get_chemical_symbols()
+    tied = np.flatnonzero(squared[rows, order[:, 1]] <= squared[rows, sites]) if len(atoms) > 1 else []
+    if len(tied):
+        k = int(tied[0])
         raise DisplacementTooLargeError(
-            f"an atom ({reference.get_chemical_symbols()[sites[k]]}) is {np.linalg.norm(u[k]):.3f} Å from its reference "
-            f"site, over {tolerance} × the shortest distance between two sites of its element ({limits[k] / tolerance:.3f} Å)")
-    return sites, u
+            f"an atom ({symbols[sites[k]]}) is {np.sqrt(squared[k, sites[k]]):.3f} Å from its nearest site and as near "
+            "another site of its element: its displacement cannot be told from its position")
+    if len(np.unique(sites)) != len(sites):
+        values, counts = np.unique(sites, return_counts=True)
+        raise DisplacementTooLargeError(f"two atoms are nearest to one {symbols[values[counts > 1][0]]} site: "
+                                        "their displacements cannot be told from their positions")
+    return sites, delta[rows, sites] @ cell
 
 
 def central_force_constants(model, potential, displacement_A: float, max_atoms_per_chunk: int = 2048) -> tuple[np.ndarray, int]:

@@ -134,11 +134,11 @@ def test_anchored_forces_vanish_at_the_reference_and_are_minus_the_energy_gradie
     assert worst < 1e-5
 
 
-def test_an_atom_moving_towards_an_occupied_site_keeps_its_own_and_a_wild_one_raises_the_floor(anchored_cu2o):
-    """Each atom's nearest site is not enough: an O moved 60 % of the way towards another O (which stays) is nearer
-    that one's site, the optimal assignment keeps it on its own; beyond the tolerance (a fraction of the O–O
-    distance) it is the SSCHA's cue to raise its stabilization floor (an OverlappingAtomsError, as for the plain
-    potential)."""
+def test_an_atom_displaced_towards_another_site_of_its_element_is_matched_until_it_is_nearer_that_one(anchored_cu2o):
+    """An O moved 45 % of the way to the nearest other O site keeps its own (a Cu is nearer, which does not matter:
+    sites of other elements are not candidates); at 55 % it is nearer the other O site and two atoms share it: its
+    displacement cannot be told from its position, an OverlappingAtomsError, on which the SSCHA raises its
+    stabilization floor as for the plain potential."""
     from generate.anchoring import DisplacementTooLargeError
     from thermobench.potentials import OverlappingAtomsError
 
@@ -148,12 +148,14 @@ def test_an_atom_moving_towards_an_occupied_site_keeps_its_own_and_a_wild_one_ra
     a, b = oxygens[0], oxygens[int(np.argmin(reference.get_distances(oxygens[0], oxygens[1:], mic=True))) + 1]
     vector = reference.get_distance(a, b, mic=True, vector=True)
     moved = reference.copy()
-    moved.positions[a] += 0.6 * vector
-    sites, u = match_sites(reference, moved, tolerance=0.65)
+    moved.positions[a] += 0.45 * vector
+    sites, u = match_sites(reference, moved)
     assert sites[a] == a and sites[b] == b
-    np.testing.assert_allclose(u[a], 0.6 * vector, atol=1e-9)
-    with pytest.raises(DisplacementTooLargeError, match=r"an atom \(O\) is .* shortest distance between two sites") as error:
-        match_sites(reference, moved)  # 0.5 × the O–O distance by default
+    np.testing.assert_allclose(u[a], 0.45 * vector, atol=1e-9)
+    moved = reference.copy()
+    moved.positions[a] += 0.55 * vector
+    with pytest.raises(DisplacementTooLargeError, match=r"two atoms are nearest to one O site") as error:
+        match_sites(reference, moved)
     assert isinstance(error.value, OverlappingAtomsError)
 
 
@@ -180,7 +182,7 @@ def test_structures_the_reference_cannot_explain_are_refused_before_any_evaluati
     first_o, first_cu = int(np.flatnonzero(numbers == 8)[0]), int(np.flatnonzero(numbers == 29)[0])
     numbers[[first_o, first_cu]] = numbers[[first_cu, first_o]]
     swapped.numbers = numbers
-    with pytest.raises(AnchoringError, match="from its reference site"):  # an O on a Cu site is far from every O site
+    with pytest.raises(AnchoringError, match="nearest to one (O|Cu) site"):  # an O on a Cu site, a Cu on an O site
         match_sites(model.atoms, swapped)
     with pytest.raises(AnchoringError, match="atoms"):
         anchored.evaluate_structures([model.atoms[:-1]])

@@ -2,7 +2,7 @@
 
     THERMOBENCH_MODELS=../shared/models OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.anchoring_panel \\
         --phonondb-dir ../phononDB/phonon_db_tarred [--plain runs/thermobench-0.2/50d730e92f84] \\
-        [--work outputs/anchoring_panel] [--out benchmarks/results/anchoring_panel] [--report-only] [--retry-failed]
+        [--work outputs/anchoring_panel] [--out benchmarks/results/anchoring_panel] [--report-only] [--retry-failed] [--workers 2]
 
 The panel is every phonondb crystal of the plain run (``--plain``: thermobench-0.2's records, made with
 M3GNet-phonondb-PBEsol, each material relaxed by the potential, its own FC2 in a 15 Å supercell, the
@@ -39,11 +39,13 @@ def records(folder: Path) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("records/*.json"))}
 
 
-def run_anchored(phonondb_dir: Path, ids: list[str], work: Path, retry_failed: bool) -> Path:
+def run_anchored(phonondb_dir: Path, ids: list[str], work: Path, retry_failed: bool, workers: int) -> Path:
     from generate.config import compose
     from generate.pipeline import run
 
-    cfg = compose("generate", [*SETTINGS, f"source.phonondb_dir={phonondb_dir}", f"source.ids=[{','.join(ids)}]",
+    # Each material on one core in either executor; the executor does not change the numbers (nor the fingerprint).
+    executor = [] if workers <= 1 else ["executor=ray", f"executor.ray.num_cpus={workers}"]
+    cfg = compose("generate", [*SETTINGS, *executor, f"source.phonondb_dir={phonondb_dir}", f"source.ids=[{','.join(ids)}]",
                                f"out_dir={work}", f"retry_failed={str(retry_failed).lower()}"])
     return run(cfg).run_folder
 
@@ -227,13 +229,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "anchoring_panel")
     parser.add_argument("--report-only", action="store_true", help="report the records under --work, compute nothing")
     parser.add_argument("--retry-failed", action="store_true", help="recompute the materials whose record is a failure")
+    parser.add_argument("--workers", type=int, default=1, help="materials computed at once (Ray), one core each")
     args = parser.parse_args(argv)
     plain = records(args.plain)
     ids = sorted(r["source_id"] for r in plain.values() if r.get("source") == "phonondb")
     if not args.report_only:
         if args.phonondb_dir is None:
             parser.error("--phonondb-dir is needed to compute (or pass --report-only)")
-        run_anchored(args.phonondb_dir, ids, args.work, args.retry_failed)
+        run_anchored(args.phonondb_dir, ids, args.work, args.retry_failed, args.workers)
     (folder,) = [p for p in args.work.iterdir() if (p / "manifest.json").is_file()]
     anchored = records(folder)
     material_ids = [f"phonondb-{i}" for i in ids]

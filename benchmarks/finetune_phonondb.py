@@ -12,6 +12,8 @@ error of the highest frequency, vibrational free energy, entropy and heat capaci
 quantities of the MDR phonon benchmark, Loew et al., npj Comput. Mater. 2025) and agreement on
 dynamical stability. One JSON record per material and potential (resumable, atomic writes) under
 ``--work``; the report (JSON, Markdown, per-family table, scatter plot) under ``--out``.
+``--import-records`` seeds ``--work`` with the records of a committed ``per_material.json`` (never over
+a record that exists), so potentials already scored on the split are not recomputed.
 """
 
 from __future__ import annotations
@@ -64,6 +66,18 @@ def evaluate_material(entry, archive: Path, models: dict, settings: HarmonicSett
         except Exception as error:  # one material never stops the benchmark
             record = {**base, "status": f"failed: {type(error).__name__}: {error}", "traceback": traceback.format_exc()}
         write_json_atomically(work / label / f"{entry.material_id}.json", record)
+
+
+def import_records(per_material: Path, work: Path) -> int:
+    """Write the records of a report's ``per_material.json`` into ``work`` where none exists; returns how many."""
+    written = 0
+    for label, rows in json.loads(per_material.read_text()).items():
+        for row in rows:
+            path = work / label / f"{row['material']}.json"
+            if not path.is_file():
+                write_json_atomically(path, {**row, "imported_from": str(per_material)})
+                written += 1
+    return written
 
 
 def summarize(records: list[dict]) -> dict:
@@ -172,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "finetune_phonondb")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "finetune_phonondb" / "report")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the records")
+    parser.add_argument("--import-records", type=Path, default=None,
+                        help="per_material.json of an earlier report: its records seed --work (existing ones are kept)")
     parser.add_argument("--shard", default="0/1", help="K/N: compute every N-th material from the K-th (parallel runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -184,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     entries = [entries[i] for i in np.random.default_rng(0).permutation(len(entries))][: args.limit]
     command = "python -m benchmarks.finetune_phonondb " + " ".join(sys.argv[1:] if argv is None else argv)
     shard, shards = (int(x) for x in args.shard.split("/"))
+    if args.import_records is not None:
+        print(f"imported {import_records(args.import_records, args.work)} records from {args.import_records}", file=sys.stderr)
     if not args.report_only:
         start = time.perf_counter()
         for index, entry in enumerate(entries[shard::shards], 1):

@@ -40,8 +40,8 @@ def records(folder: Path) -> dict:
 
 
 def run_anchored(phonondb_dir: Path, ids: list[str], work: Path, retry_failed: bool, workers: int) -> Path:
-    from generate.config import compose
-    from generate.pipeline import run
+    from generate.run.config import compose
+    from generate.run.pipeline import run
 
     # Each material on one core in either executor; the executor does not change the numbers (nor the fingerprint).
     executor = [] if workers <= 1 else ["executor=ray", f"executor.ray.num_cpus={workers}"]
@@ -225,7 +225,7 @@ def report(summary: dict, materials: list[dict], command: str) -> str:
                for x in m["anchored"]["audit"]]
     if audited:
         lines += ["", "## Audit: the fast route (surrogate, 0.1 THz) against the verified one (direct, 0.05 THz)", "",
-                  "| material | T (K) | max |Δν| (THz) | its error (THz) | Δσᴬ |", "|---|---:|---:|---:|---:|"]
+                  "| material | T (K) | largest Δν (THz) | its error (THz) | Δσᴬ |", "|---|---:|---:|---:|---:|"]
         for m, x in audited:
             lines.append(f"| {m['material_id']} ({m.get('formula', '')}) | {x['T']:.0f} | {x['max_dnu_THz']:.3f} | "
                          f"{x['error_THz']:.3f} | {x['d_sigma_A']:+.3f} |")

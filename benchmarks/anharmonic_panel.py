@@ -189,7 +189,7 @@ def evaluated(ph) -> np.ndarray:
 
 def potential_forces(ph, potential, phonon: bool = False) -> tuple[np.ndarray, float]:
     """Forces of the potential on the set's displaced supercells, minus those of its perfect supercell."""
-    from generate.harmonic import to_ase_atoms
+    from generate.harmonic.phonons import to_ase_atoms
     from thermobench.potentials import compute_forces
 
     if phonon:
@@ -392,7 +392,7 @@ def load_check(names: list[str]) -> dict:
     import matgl
     from ase.build import bulk
 
-    from generate.relax import RelaxSettings, relax
+    from generate.harmonic.relax import RelaxSettings, relax
     from thermobench.matgl_compat import Convention, detect_convention
     from thermobench.potentials import ThermobenchCalculator, load_potential, resolve_model_dir
 
@@ -492,7 +492,7 @@ def markdown(report: dict) -> str:
                      f"{_f(full, 1)} | {_f(full / s.stated_kappa_W_mK if full else None, 3)} | "
                      f"{_f(k, 1)} ({'x'.join(map(str, s.q_mesh))}) |")
     mean_names = [s.name for s in kappa_sets if s.in_mean]
-    lines += ["", f"## κ(DFT FC2 + the potential's FC3) / κ(DFT)", "",
+    lines += ["", "## κ(DFT FC2 + the potential's FC3) / κ(DFT)", "",
               f"Geometric means over {', '.join(mean_names)} (one set per material); 'error factor' = "
               "exp(mean |ln ratio|), which over- and underestimates cannot cancel. Si-PBE and Si-LDA (not in the means) "
               "show the spread the functional alone causes.", "",
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from benchmarks.finetune_phonondb import label_of
-    from generate.atomic import write_json_atomically
+    from generate.run.atomic import write_json_atomically
     from thermobench.potentials import load_potential
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,7 +3,7 @@
     THERMOBENCH_MODELS=../shared/models .venv/bin/python -m benchmarks.finetune [finetune overrides ...]
 
 Fine-tunes the base potential on all datasets (in-sample) and once per material with that material
-left out (the honest measure of transfer), validates with generate.validate_phonons and writes
+left out (the honest measure of transfer), validates with generate.harmonic.validate_phonons and writes
 benchmarks/results/finetune/{report.json,report.md}. Overrides are Hydra overrides of conf/finetune.yaml.
 The run takes about an hour on 2 cores and is resumable: each stage's models and validation reports
 stay in outputs/finetune-benchmark (THERMOBENCH_FT_WORK to move it) and a finished stage is skipped;
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from generate.finetune import finetune
-from generate.harmonic import HarmonicSettings
-from generate.relax import RelaxSettings
-from generate.validate_phonons import validate
+from generate.harmonic.phonons import HarmonicSettings
+from generate.harmonic.relax import RelaxSettings
+from generate.harmonic.validate_phonons import validate
+from generate.potential.finetune import finetune
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "finetune"

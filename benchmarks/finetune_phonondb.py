@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from generate.atomic import write_json_atomically
-from generate.harmonic import HarmonicSettings, phonon_properties
-from generate.phonon_data import DatasetError
-from generate.validate_phonons import compare, load_dft_dataset, potential_phonons_on_dft_geometry
+from generate.harmonic.dft_data import DatasetError
+from generate.harmonic.phonons import HarmonicSettings, phonon_properties
+from generate.harmonic.validate_phonons import compare, load_dft_dataset, potential_phonons_on_dft_geometry
+from generate.run.atomic import write_json_atomically
 from thermobench.phonondb import chemical_family
 
 REPO = Path(__file__).resolve().parents[1]

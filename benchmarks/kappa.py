@@ -8,7 +8,7 @@ and FC3 by finite displacements versus a symfc fit of random displacements.
 (``--dft``: a public DFT phono3py set, e.g. from ``git clone https://github.com/phonopy/phono3py``;
 its κ is recomputed on this benchmark's settings and put in the DFT column.)
 
-Per material: relax (generate.relax); SSCHA at 300 K (generate.sscha.run_sscha) in the 2x2x2
+Per material: relax (generate.harmonic.relax); SSCHA at 300 K (generate.sscha.run_sscha) in the 2x2x2
 supercell of the primitive cell (16 atoms); FC3 in the 2x2x2 supercell of the conventional cell
 (64 atoms) with a 5 Å cutoff, once by finite displacements and once by the symfc fit (phono3py's
 "auto" number of random snapshots); κ on an 11x11x11 mesh, RTA, without isotope scattering (as the DFT
@@ -36,6 +36,7 @@ DFT_KAPPA_300K = {"Si": 109.1}  # W/(m·K), ../shared/reference/dft-kappa/Si-PBE
 
 
 def run_material(name: str, potential_name: str, temperature_K: float = 300.0) -> dict:
+    from generate.harmonic.relax import RelaxSettings, relax
     from generate.kappa import (
         KappaSettings,
         build_phono3py,
@@ -48,7 +49,6 @@ def run_material(name: str, potential_name: str, temperature_K: float = 300.0) -
         supercell_permutation,
         unit_cell,
     )
-    from generate.relax import RelaxSettings, relax
     from generate.sscha import SSCHASettings, run_sscha
     from thermobench.potentials import load_calculator, load_potential
     from thermobench.structures import builtin_structure
@@ -197,7 +197,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dft", nargs="*", default=[], metavar="NAME=FILE",
                         help="phono3py DFT dataset of a material, its κ recomputed on this benchmark's settings")
     args = parser.parse_args(argv)
-    from generate.atomic import write_json_atomically
+    from generate.run.atomic import write_json_atomically
 
     work = Path(args.work)
     records = []

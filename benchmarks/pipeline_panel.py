@@ -4,7 +4,7 @@
         [--settings mini mini-surrogate new] [--materials ...] [--work outputs/pipeline_panel] \\
         [--baseline RUN_FOLDER ...] [--out benchmarks/results/pipeline_panel]
 
-Each settings set runs the whole panel serially with one torch thread through ``generate.pipeline.run``
+Each settings set runs the whole panel serially with one torch thread through ``generate.run.pipeline.run``
 (resumable: records are kept under ``--work``). The report gives per set the materials per core-hour
 (compute time of every attempted material, failures included), the potential evaluations, the
 precision reached (max stochastic frequency error σν, per material and over the panel), and per
@@ -160,9 +160,9 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from generate.assemble import find_run_folder, read_records
-    from generate.config import compose
-    from generate.pipeline import run
+    from generate.dataset.assemble import find_run_folder, read_records
+    from generate.run.config import compose
+    from generate.run.pipeline import run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def throughput(run_folder: Path) -> dict:
-    from generate.assemble import find_run_folder, read_records
+    from generate.dataset.assemble import find_run_folder, read_records
 
     run_folder = find_run_folder(Path(run_folder))
     manifest, ok, failed = read_records(run_folder)

@@ -51,7 +51,7 @@ def starting_structure(name: str):
 
 
 def relaxed(name: str, potential_name: str):
-    from generate.relax import RelaxSettings, relax
+    from generate.harmonic.relax import RelaxSettings, relax
     from thermobench.potentials import load_calculator
 
     result = relax(starting_structure(name), load_calculator(potential_name), RelaxSettings())

@@ -114,7 +114,7 @@ def run_phonopy_loop(
     from phonopy import Phonopy
     from phonopy.sscha.core import MLPSSCHA
 
-    from generate.harmonic import to_phonopy_atoms
+    from generate.harmonic.phonons import to_phonopy_atoms
     from generate.sscha import frequencies_THz, to_matrix
     from thermobench.potentials import UnsupportedStructureError
 
@@ -205,7 +205,7 @@ def compare(frequencies_a, errors_a, frequencies_b, errors_b, n_acoustic: int = 
 
 
 def relaxed(structure: str, potential_name: str) -> Atoms:
-    from generate.relax import RelaxSettings, relax
+    from generate.harmonic.relax import RelaxSettings, relax
     from thermobench.potentials import load_calculator
     from thermobench.structures import load_structure
 

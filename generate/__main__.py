@@ -8,14 +8,14 @@ import sys
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from generate.config import checked_temperatures, register
+from generate.run.config import checked_temperatures, register
 
 register()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    from generate.pipeline import run
+    from generate.run.pipeline import run
 
     for name in ("thermobench.sscha", "thermobench.kappa"):  # the progress bar reports materials; steps are noise here
         logging.getLogger(name).setLevel(logging.WARNING)

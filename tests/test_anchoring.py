@@ -1,4 +1,4 @@
-"""The potential anchored on DFT's harmonic force constants (generate.anchoring), against phonondb's DFT data.
+"""The potential anchored on DFT's harmonic force constants (generate.harmonic.anchoring), against phonondb's DFT data.
 
 The potential is ASE's EMT on phonondb's Cu2O (mp-361, VASP PBEsol): EMT covers Cu and O and is far from
 DFT, so anchoring changes everything harmonic, which is what the tests must see.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ase.calculators.emt import EMT
 
-from generate.anchoring import (
+from generate.harmonic.anchoring import (
     AnchoringError,
     anchor,
     central_force_constants,
@@ -20,7 +20,7 @@ from generate.anchoring import (
     match_sites,
     primitive_supercell_matrix,
 )
-from generate.harmonic import commensurate_qpoints, to_ase_atoms
+from generate.harmonic.phonons import commensurate_qpoints, to_ase_atoms
 from generate.sscha.direct import run_sscha
 from generate.sscha.result import SSCHASettings
 from generate.sscha.supercell import evaluate, frequencies_THz, supercell_model, to_blocks
@@ -35,7 +35,7 @@ FREQUENCY_ROUNDOFF_THZ = 1e-6
 
 
 def dft(path):
-    from generate.phonon_data import load_dft_dataset
+    from generate.harmonic.dft_data import load_dft_dataset
 
     return load_dft_dataset(path)
 
@@ -43,7 +43,7 @@ def dft(path):
 def phonopy_of(cell, matrix, fc):
     from phonopy import Phonopy
 
-    from generate.harmonic import to_phonopy_atoms
+    from generate.harmonic.phonons import to_phonopy_atoms
 
     phonon = Phonopy(to_phonopy_atoms(cell), supercell_matrix=np.asarray(matrix), primitive_matrix=np.eye(3))
     phonon.force_constants = fc
@@ -139,7 +139,7 @@ def test_an_atom_displaced_towards_another_site_of_its_element_is_matched_until_
     sites of other elements are not candidates); at 55 % it is nearer the other O site and two atoms share it: its
     displacement cannot be told from its position, an OverlappingAtomsError, on which the SSCHA raises its
     stabilization floor as for the plain potential."""
-    from generate.anchoring import DisplacementTooLargeError
+    from generate.harmonic.anchoring import DisplacementTooLargeError
     from thermobench.potentials import OverlappingAtomsError
 
     _, _, _, model, _, _, _ = anchored_cu2o

@@ -5,10 +5,10 @@ import dataclasses
 
 import pytest
 
-from generate.config import SHARED, compose, relax_settings, sscha_engine, sscha_settings
-from generate.harmonic import HarmonicSettings
+from generate.harmonic.phonons import HarmonicSettings
+from generate.harmonic.relax import RelaxSettings
 from generate.kappa.result import KappaSettings
-from generate.relax import RelaxSettings
+from generate.run.config import SHARED, compose, relax_settings, sscha_engine, sscha_settings
 from generate.sscha import DirectEngine, SSCHASettings, SurrogateEngine, SurrogateSettings
 
 COMMANDS = ("generate", "sscha", "kappa", "relax", "validate_phonons", "finetune", "assemble", "publish")

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from generate.assemble import NULL_REASONS, InvalidRecordError, validate_rows
+from generate.dataset.assemble import NULL_REASONS, InvalidRecordError, validate_rows
 from thermobench.dataset import (
     COLUMNS,
     CONFIGS,
@@ -176,7 +176,7 @@ RELEASE = EMBEDDED["thermobench-0.2"]
 def test_release_0_2_schema_splits_null_reasons_and_dft_columns(config):
     import numpy as np
 
-    from generate.harmonic import mesh_frequency_mae
+    from generate.harmonic.phonons import mesh_frequency_mae
     from thermobench import phonondb
     from thermobench.dataset import SCHEMAS, ood_holdout
 
@@ -211,7 +211,7 @@ def test_release_0_2_schema_splits_null_reasons_and_dft_columns(config):
                 else:
                     mae = mesh_frequency_mae(dft, harmonic, row["mesh_weights"])
                     assert row["potential_dft_mae_THz"] == pytest.approx(mae, rel=1e-9)
-                    assert row["potential_dft_mae_dft_geometry_THz"] >= 0  # both geometries measured (generate.fidelity)
+                    assert row["potential_dft_mae_dft_geometry_THz"] >= 0  # both geometries measured (generate.harmonic.fidelity)
                 assert row["dft_dynamically_stable"] == bool(dft.min() >= -row["imaginary_tolerance_THz"])
             # Targets: convergence means every frequency within target and no floor; floor rows say so.
             if row["sscha_converged"]:
@@ -230,7 +230,7 @@ def test_release_0_2_schema_splits_null_reasons_and_dft_columns(config):
 
 
 def test_card_counts_the_anchored_rows_from_their_own_columns():
-    from generate.card import anchored_fidelity
+    from generate.dataset.card import anchored_fidelity
 
     rows = []
     for k, (stable, shift, floor, audit) in enumerate([(True, 0.05, False, 0.02), (True, -0.01, True, None),

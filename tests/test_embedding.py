@@ -1,12 +1,12 @@
-"""The SSCHA correction embedded into a larger supercell's harmonic force constants (generate.embedding)."""
+"""The SSCHA correction embedded into a larger supercell's harmonic force constants (generate.harmonic.embedding)."""
 
 import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from generate.embedding import supercell_phonopy, embedded_frequencies_THz
-from generate.harmonic import HarmonicSettings, harmonic_phonons
+from generate.harmonic.embedding import supercell_phonopy, embedded_frequencies_THz
+from generate.harmonic.phonons import HarmonicSettings, harmonic_phonons
 
 
 def phonons(atoms, matrix):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from generate.finetune import finetune, force_errors, read_phonon_datasets
+from generate.potential.finetune import finetune, force_errors, read_phonon_datasets
 from thermobench.matgl_compat import Convention, detect_convention
 from thermobench.potentials import load_potential
 
@@ -85,7 +85,7 @@ def test_finetune_at_scale_streams_phonondb_resumes_and_never_reads_the_test_spl
     """Four training steps on the committed phonondb fixtures, a checkpoint, then a resumed run."""
     from hydra import compose, initialize_config_dir
 
-    from generate.finetune_phonondb import finetune_at_scale
+    from generate.potential.finetune_phonondb import finetune_at_scale
     from thermobench.phonondb import read_index
 
     fixtures = Path(__file__).parent / "data" / "phonondb"

@@ -7,9 +7,14 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from generate.harmonic import HarmonicSettings, harmonic_phonons, phonon_properties, supercell_matrix_for_min_length
-from generate.relax import RelaxSettings
-from generate.validate_phonons import (
+from generate.harmonic.phonons import (
+    HarmonicSettings,
+    harmonic_phonons,
+    phonon_properties,
+    supercell_matrix_for_min_length,
+)
+from generate.harmonic.relax import RelaxSettings
+from generate.harmonic.validate_phonons import (
     DatasetError,
     compare,
     load_dft_dataset,
@@ -132,8 +137,8 @@ def test_unconverged_relaxation_is_reported_not_used(shared, m3gnet):
 
 
 def test_validate_phonons_writes_outside_the_committed_results_by_default(shared, tmp_path, monkeypatch):
-    from generate.config import compose
-    from generate.validate_phonons import run_command
+    from generate.harmonic.validate_phonons import run_command
+    from generate.run.config import compose
 
     datasets = tmp_path / "datasets"
     (datasets / "empty").mkdir(parents=True)
@@ -150,7 +155,7 @@ def test_mesh_mean_frequency_change_is_signed_and_weighted():
     q-point's bands count (here a softened q-point of weight 3 against an unchanged one of weight 1)."""
     import numpy as np
 
-    from generate.harmonic import mesh_mean_frequency_change
+    from generate.harmonic.phonons import mesh_mean_frequency_change
 
     reference = np.array([[0.0, 2.0, 4.0], [1.0, 3.0, 5.0]])
     assert mesh_mean_frequency_change(reference, 0.8 * reference, [1, 7]) == pytest.approx(-0.2, rel=1e-12)

@@ -199,8 +199,9 @@ def test_pipeline_columns_with_sscha_results():
     rows = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0, 800.0]})
     assert len(rows) == 2
     for row in rows:
-        assert set(row) == {"kappa_harmonic_W_mK", "kappa_renormalized_W_mK", "kappa_ratio", "kappa_null_reason"}
-        assert row["kappa_null_reason"] is None
+        assert set(row) == {"kappa_harmonic_W_mK", "kappa_renormalized_W_mK", "kappa_ratio", "kappa_null_reason",
+                            "kappa_fc3_source"}
+        assert row["kappa_null_reason"] is None and row["kappa_fc3_source"] == "potential, finite displacements"
         assert row["kappa_ratio"] == pytest.approx(row["kappa_renormalized_W_mK"] / row["kappa_harmonic_W_mK"])
         assert 0.2 < row["kappa_ratio"] < 5
     assert rows[1]["kappa_harmonic_W_mK"] < rows[0]["kappa_harmonic_W_mK"]

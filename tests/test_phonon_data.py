@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from ase.calculators.calculator import all_changes
 
-from generate.phonon_data import DatasetError, dataset_name, find_datasets, load_phonon_dataset
-from generate.validate_phonons import load_dft_dataset
+from generate.harmonic.dft_data import DatasetError, dataset_name, find_datasets, load_phonon_dataset
+from generate.harmonic.validate_phonons import load_dft_dataset
 from tests.test_sscha import Harmonic
 from thermobench.phonondb import INDEX_PATH, MIRROR_COMMIT, SPLIT_FRACTIONS, read_index, select, split_of
 
@@ -109,7 +109,7 @@ def test_corrupt_and_incomplete_archives_are_named(tmp_path):
 
 
 def test_finetune_reader_takes_archives_and_names_the_broken_one(tmp_path):
-    from generate.finetune import read_phonon_datasets
+    from generate.potential.finetune import read_phonon_datasets
 
     shutil.copy(SI, tmp_path)
     shutil.copy(NACL, tmp_path)
@@ -140,7 +140,7 @@ def test_split_is_fixed_by_the_mp_id_and_recorded_with_the_mirror_commit():
 
 
 def test_phonondb_source_filters_and_gives_the_dft_cell():
-    from generate.sources import phonondb_source
+    from generate.run.sources import phonondb_source
 
     everything = phonondb_source(FIXTURES)
     assert [m.source_id for m in everything] == ["mp-149", "mp-361", "mp-1000", "mp-22862", "mp-568273"]
@@ -160,7 +160,7 @@ def test_phonondb_source_filters_and_gives_the_dft_cell():
 
 
 def test_generator_runs_a_phonondb_material(tmp_path):
-    from generate.pipeline import run
+    from generate.run.pipeline import run
     from tests.test_pipeline import compose, records_of
 
     out = tmp_path / "run"
@@ -178,7 +178,7 @@ def test_a_supercell_in_another_atom_order_is_carried_over(tmp_path):
     of exact finite differences)."""
     import yaml
 
-    from generate.phonon_data import _read_files
+    from generate.harmonic.dft_data import _read_files
 
     files = _read_files(NACL)
     natom = 64
@@ -213,7 +213,7 @@ def test_a_supercell_in_another_atom_order_is_carried_over(tmp_path):
 def _si_row(tmp_path, *overrides):
     import json
 
-    from generate.pipeline import run
+    from generate.run.pipeline import run
     from tests.test_pipeline import compose
 
     out = tmp_path / "run"
@@ -253,11 +253,11 @@ def test_phonondb_rows_carry_the_dft_harmonic_frequencies(tmp_path, shared):
 def test_anchored_phonondb_rows_are_dfts_harmonic_phonons_at_dfts_geometry(tmp_path, shared):
     """harmonic_reference=dft (the default) in DFT's own 64-atom supercell: no relaxation, DFT's cell, DFT's
     harmonic frequencies on the mesh (Si's Born charges are ~0, so NAC changes nothing above 1e-3 THz), and
-    the potential's own MAE at DFT's geometry beside them, as generate.fidelity measures it independently
+    the potential's own MAE at DFT's geometry beside them, as generate.harmonic.fidelity measures it independently
     (phonondb's forward displacement vs the anchoring's central ones: they differ by the cubic term,
     ~u·Φ₃/Φ₂ ≈ 1 % of a frequency, well inside 0.05 THz on an MAE of 2 THz)."""
-    from generate.fidelity import dft_geometry_mae
-    from generate.harmonic import to_ase_atoms
+    from generate.harmonic.fidelity import dft_geometry_mae
+    from generate.harmonic.phonons import to_ase_atoms
     from thermobench.potentials import load_named_potential
 
     row, reference, mesh = _si_row(tmp_path, "supercell.max_atoms=64")
@@ -296,8 +296,8 @@ def test_potential_at_the_dft_geometry_subtracts_its_residual_forces(tmp_path):
     same number into a run's records and resumes (a second call writes nothing)."""
     import json
 
-    from generate.fidelity import COLUMN, backfill, dft_geometry_mae
-    from generate.harmonic import to_ase_atoms
+    from generate.harmonic.fidelity import COLUMN, backfill, dft_geometry_mae
+    from generate.harmonic.phonons import to_ase_atoms
 
     reference = load_dft_dataset(LII)
     reference.nac_params = None

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generate.labels import choose_supercell, mode_thermodynamics
-from generate.modes import frequency_shifts
-from generate.pipeline import run
+from generate.harmonic.modes import frequency_shifts
+from generate.run.labels import choose_supercell, mode_thermodynamics
+from generate.run.pipeline import run
 from thermobench.potentials import load_named_potential
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ TINY = [
 
 
 def compose(*overrides):
-    from generate.config import compose as compose_config
+    from generate.run.config import compose as compose_config
 
     groups = {o.split("=")[0] for o in overrides if "." not in o.split("=")[0]}
     return compose_config("generate", [*(t for t in TINY if t.split("=")[0] not in groups), *overrides])
@@ -89,7 +89,7 @@ def test_kill_midway_and_resume_loses_and_recomputes_nothing(tmp_path):
 def test_runs_sharing_a_folder_keep_each_others_history(tmp_path):
     """Two runs into one settings folder (e.g. phonondb and the built-in metals): each writes only its own
     entry of the manifest's history, so neither drops the other's, however their writes interleave."""
-    from generate.records import RunFolder
+    from generate.run.records import RunFolder
 
     folder = RunFolder(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"settings_fingerprint": "f", "runs": []}))
@@ -104,7 +104,7 @@ def test_runs_sharing_a_folder_keep_each_others_history(tmp_path):
 
 
 def test_dataset_version_is_part_of_the_settings_fingerprint():
-    from generate.settings import fingerprint, settings_from_config
+    from generate.run.settings import fingerprint, settings_from_config
 
     first = settings_from_config(compose("dataset_version=0.1.0"))
     second = settings_from_config(compose("dataset_version=0.2.0"))
@@ -141,7 +141,7 @@ def test_broken_file_and_unsupported_element_give_failure_records(tmp_path):
 
 def test_two_crystals_end_to_end_on_local_ray(tmp_path):
     ray = pytest.importorskip("ray")
-    from generate.assemble import assemble
+    from generate.dataset.assemble import assemble
     from thermobench.dataset import COLUMN_NAMES, features, load_dataset
 
     out = tmp_path / "run"
@@ -180,7 +180,7 @@ def test_two_crystals_end_to_end_on_local_ray(tmp_path):
 def check_assemble_refuses_broken_records(out: Path, tmp_path: Path) -> None:
     import shutil
 
-    from generate.assemble import InvalidRecordError, assemble
+    from generate.dataset.assemble import InvalidRecordError, assemble
 
     mixed = tmp_path / "mixed"
     shutil.copytree(out, mixed)
@@ -244,7 +244,7 @@ def test_emt_potential_provenance():
 
 
 def test_sources_fail_clearly(tmp_path, monkeypatch):
-    from generate.sources import directory_source, materials_project_source
+    from generate.run.sources import directory_source, materials_project_source
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         directory_source(tmp_path / "missing")
@@ -296,7 +296,7 @@ def test_surrogate_engine_and_its_fall_back_to_the_direct_engine(tmp_path):
 
 
 def test_rows_are_checked_against_the_schema_when_written():
-    from generate.pipeline import checked_against_schema
+    from generate.run.pipeline import checked_against_schema
 
     record = {"material_id": "x", "status": "ok", "rows": [{"material_id": "x", "temperature_K": 300.0}]}
     checked = checked_against_schema(record)
@@ -310,9 +310,9 @@ def test_a_material_stopped_after_its_sscha_resumes_from_its_checkpoints(tmp_pat
     no SSCHA ensemble again and gives the rows of an uninterrupted run; success deletes them."""
     pytest.importorskip("phono3py")
     import generate.kappa
-    from generate.records import compute_material
-    from generate.settings import check_settings, settings_from_config
-    from generate.sources import materials_from_config
+    from generate.run.records import compute_material
+    from generate.run.settings import check_settings, settings_from_config
+    from generate.run.sources import materials_from_config
     from generate.sscha import engine
 
     cfg = compose("source.ids=[fcc-Cu]", "temperatures_K=[100.0,300.0]", "kappa=rta", "kappa.q_mesh=[4,4,4]")
@@ -332,9 +332,9 @@ def test_a_material_stopped_after_its_sscha_resumes_from_its_checkpoints(tmp_pat
     assert len(list((partial / "fcc-Cu").glob("sscha-direct-*.pkl"))) == 2
     progress = json.loads((partial / "fcc-Cu" / "progress.json").read_text())
     assert progress["stage"] == "kappa"
-    # python -m generate.status: a stopped material, then the same one failed (as the runner records it)
-    from generate.records import RunFolder
-    from generate.status import folder_status, report
+    # python -m generate.run.status: a stopped material, then the same one failed (as the runner records it)
+    from generate.run.records import RunFolder
+    from generate.run.status import folder_status, report
 
     (tmp_path / "manifest.json").write_text(json.dumps({"runs": [{"n_requested": 1}]}))
     (progress_path := partial / "fcc-Cu" / "progress.json").write_text(json.dumps({**progress, "pid": 2**22 + 1}))
@@ -369,7 +369,7 @@ def test_a_material_stopped_after_its_sscha_resumes_from_its_checkpoints(tmp_pat
 
 
 def test_checkpoint_keys_follow_the_inputs_and_a_torn_file_is_recomputed(tmp_path):
-    from generate.checkpoint import Checkpoints, digest
+    from generate.run.checkpoint import Checkpoints, digest
     from generate.sscha.result import SSCHASettings
 
     fc = np.zeros((2, 2, 3, 3))
@@ -398,7 +398,7 @@ def test_checkpoint_keys_follow_the_inputs_and_a_torn_file_is_recomputed(tmp_pat
 
 
 def test_audit_sample_is_fixed_by_the_id_and_about_one_in_every():
-    from generate.records import in_audit_sample
+    from generate.run.records import in_audit_sample
 
     ids = [f"phonondb-mp-{k}" for k in range(4000)]
     chosen = [i for i in ids if in_audit_sample(i, 20)]

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from generate.relax import RelaxSettings, conventional_cubic_lattice_constant, relax
+from generate.harmonic.relax import RelaxSettings, conventional_cubic_lattice_constant, relax
 from thermobench.potentials import load_calculator
 from thermobench.structures import builtin_structure
 
@@ -34,7 +34,7 @@ def test_relaxed_lattice_constant_matches_model_card(shared, material):
 
 def test_main_job_relaxes_nacl(shared, tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "generate.relax", f"hydra.run.dir={tmp_path}"],
+        [sys.executable, "-m", "generate.harmonic.relax", f"hydra.run.dir={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )
     a = float(re.search(r"lattice constant a = ([0-9.]+) A", completed.stdout).group(1))

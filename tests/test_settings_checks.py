@@ -8,19 +8,19 @@ import pytest
 from ase import Atoms
 from ase.io import write
 
-from generate.checks import SettingsError
+from generate.run.checks import SettingsError
 from tests.test_pipeline import REPO, compose
 
 
 def kappa_main(*overrides):
-    from generate.config import compose
     from generate.kappa.__main__ import run_command
+    from generate.run.config import compose
 
     return run_command(compose("kappa", ["structure=Cu", "potential=emt", "relax_structure=false", "out=unused.json", *overrides]))
 
 
 def sscha_main(*overrides, potential="emt"):
-    from generate.config import compose
+    from generate.run.config import compose
     from generate.sscha.__main__ import run_command
 
     return run_command(compose("sscha", ["structure=Cu", f"potential={potential}", "relax_structure=false", "out=unused.json",
@@ -88,7 +88,7 @@ def test_sscha_refuses_bad_settings_before_any_work(args, message, tmp_path, mon
     ],
 )
 def test_generator_checks_settings_when_it_starts(overrides, message, tmp_path):
-    from generate.pipeline import run
+    from generate.run.pipeline import run
 
     out = tmp_path / "run"
     with pytest.raises(SettingsError, match=message):
@@ -99,7 +99,7 @@ def test_generator_checks_settings_when_it_starts(overrides, message, tmp_path):
 def test_generator_refuses_a_cell_above_max_atoms_before_relaxing(tmp_path):
     from ase.build import bulk
 
-    from generate.pipeline import run
+    from generate.run.pipeline import run
     from tests.test_pipeline import records_of
 
     structures = tmp_path / "structures"
@@ -133,7 +133,7 @@ def test_relax_names_a_molecule_and_a_corrupt_cif(tmp_path, shared):
     broken = tmp_path / "broken.cif"
     broken.write_text("data_broken\n_cell_length_a not-a-number\nthis is no CIF\n")
     for structure, message in ((water(tmp_path), "no periodic 3D cell"), (str(broken), "cannot read a crystal structure from")):
-        done = subprocess.run([sys.executable, "-m", "generate.relax", f"structure={structure}", f"hydra.run.dir={tmp_path / 'h'}"],
+        done = subprocess.run([sys.executable, "-m", "generate.harmonic.relax", f"structure={structure}", f"hydra.run.dir={tmp_path / 'h'}"],
                               cwd=REPO, capture_output=True, text=True)
         assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
 
@@ -150,7 +150,7 @@ def test_sscha_command_shows_its_steps(tmp_path, monkeypatch, caplog):
 
 
 def test_a_single_temperature_is_a_list_of_one_and_a_bad_one_is_named():
-    from generate.config import checked_temperatures
+    from generate.run.config import checked_temperatures
 
     cfg = compose("temperatures_K=300")
     checked_temperatures(cfg)
@@ -181,7 +181,7 @@ def structure_file(tmp_path, lattice="5.64 0 0 0 5.64 0 0 0 5.64", chlorine="2.8
     ({"lattice": "5.64 0 0 0 inf 0 0 0 5.64"}, r"lattice_vectors\[1\]\[1\] is inf \(lattice vector 1\)"),
 ])
 def test_non_finite_numbers_in_a_structure_file_name_the_file_and_field(tmp_path, monkeypatch, changes, message):
-    from generate.pipeline import run
+    from generate.run.pipeline import run
     from tests.test_pipeline import records_of
 
     path = structure_file(tmp_path, **changes)

@@ -160,8 +160,8 @@ def test_same_seed_same_result_other_seed_other_result():
 
 
 def test_command_line_writes_the_record_and_agrees_with_the_harmonic_stage(shared, tmp_path):
-    from generate.config import compose
-    from generate.harmonic import HarmonicSettings, harmonic_phonons
+    from generate.harmonic.phonons import HarmonicSettings, harmonic_phonons
+    from generate.run.config import compose
     from generate.sscha.__main__ import run_command
     from thermobench.potentials import load_calculator
     from thermobench.structures import load_structure

@@ -9,8 +9,8 @@ import pytest
 from ase import units
 from test_sscha import MASS_AMU, ONSITE, SUPERCELL, OnSiteQuartic, einstein_crystal, onsite_model_reference
 
-from generate.modes import frequency_shifts, matched_frequencies, pair_modes
-from generate.records import n_at_floor
+from generate.harmonic.modes import frequency_shifts, matched_frequencies, pair_modes
+from generate.run.records import n_at_floor
 from generate.sscha import HBAR_EV_T, THZ_PER_OMEGA, SSCHASettings, run_sscha
 from generate.sscha.classical import classical_sigma_A
 from thermobench.prototypes import balanced_order, primitive_atoms, structure_family
@@ -127,7 +127,7 @@ def test_structure_families_of_known_compounds(formula, spacegroup, n_convention
 def test_builtins_added_to_a_phonondb_run_carry_its_structure_families():
     """The alkali and alkaline-earth metals phonondb lacks come from the built-ins, labelled as
     phonondb's crystals are (from their own symmetry, not the built-in family name)."""
-    from generate.sources import builtin_source
+    from generate.run.sources import builtin_source
 
     ids = ["bcc-Li", "fcc-Ca", "hcp-Mg", "rocksalt-NaCl", "wurtzite-ZnO", "zincblende-GaAs"]
     families = {m.material_id: m.family for m in builtin_source(ids=ids, structure_families=True)}
@@ -156,7 +156,7 @@ def test_balanced_order_interleaves_families_smallest_cells_first():
 
 
 def test_floor_is_raised_when_an_ensemble_overlaps_atoms():
-    from generate.records import RAISED_FLOORS_THZ, sscha_with_floor
+    from generate.run.records import RAISED_FLOORS_THZ, sscha_with_floor
     from thermobench.potentials import OverlappingAtomsError
 
     class SoftModeEngine:

@@ -85,7 +85,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("harmonic_dos_states_per_THz", "list[float64]", "1/THz", "harmonic phonon DOS per primitive cell (Gaussian smearing dos_sigma_THz), integrates to 3 nsites"),
     Column("dft_mesh_frequencies_THz", "list2[float64]", "THz", "n_q x n_bands DFT (phonondb, PBEsol) harmonic frequencies of the same crystal at mesh_qpoints, at DFT's geometry, no NAC", True),
     Column("potential_dft_mae_THz", "float64", "THz", "label fidelity: mesh-weighted MAE of the potential's harmonic frequencies (its own geometry) against dft_mesh_frequencies_THz, every band", True),
-    Column("potential_dft_mae_dft_geometry_THz", "float64", "THz", "the same MAE with the potential's force constants at DFT's geometry and displacements (residual forces subtracted): its force-constant error without its lattice error (generate.fidelity)", True),
+    Column("potential_dft_mae_dft_geometry_THz", "float64", "THz", "the same MAE with the potential's force constants at DFT's geometry and displacements (residual forces subtracted): its force-constant error without its lattice error (generate.harmonic.fidelity)", True),
     Column("dft_min_frequency_THz", "float64", "THz", "lowest DFT harmonic frequency on the mesh", True),
     Column("dft_dynamically_stable", "bool", "", "DFT harmonic phonons have no mode below -imaginary_tolerance_THz on the mesh", True),
     Column("dft_null_reason", "string", "", "why the DFT columns are null (a source without DFT phonons)", True),
@@ -99,7 +99,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("n_imaginary_renormalized", "int32", "", "renormalized supercell modes below -imaginary_tolerance_THz"),
     Column("renormalized_min_frequency_THz", "float64", "THz", "lowest renormalized frequency over commensurate q and the mesh"),
     Column("potential_dynamically_stable", "bool", "", "the potential's own harmonic phonons, at the row's geometry, have no imaginary mode at commensurate q or on the mesh"),
-    # the harmonic reference (generate.harmonic_reference, generate.anchoring)
+    # the harmonic reference (generate.harmonic.reference, generate.harmonic.anchoring)
     Column("harmonic_reference", "string", "", "where the harmonic part of the row comes from: 'dft' (phonondb's FC2 at DFT's geometry, the SSCHA on the potential anchored to it: V = V_pot − ½uᵀΦ_pot u + ½uᵀΦ_DFT u, the potential's residual force removed) or 'potential' (the potential's own FC2 at its relaxed geometry)"),
     Column("nac_applied", "bool", "", "DFT Born charges and dielectric tensor applied to the mesh frequencies, DOS, thermodynamics of the mesh and κ (phonondb's BORN)"),
     Column("potential_residual_max_force_eV_A", "float64", "eV/Å", "label fidelity: the potential's largest force at the row's geometry (DFT's for harmonic_reference dft, where it measures how far the potential's equilibrium is)"),

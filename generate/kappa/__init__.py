@@ -16,7 +16,7 @@ Entry points:
 - :func:`compute_kappa` (atoms + potential -> :class:`KappaResult`), the function the generator uses;
 - :func:`kappa_from_phono3py` (a :class:`phono3py.Phono3py` with FC3 already set, e.g. from a DFT
   dataset via :func:`load_phono3py_dataset`);
-- :func:`pipeline_kappa_columns`, the ``kappa`` step of ``generate.pipeline``;
+- :func:`pipeline_kappa_columns`, the ``kappa`` step of ``generate.run.pipeline``;
 - ``python -m generate.kappa --structure Si --temperatures 300 --out kappa.json`` (settings in
   ``conf/kappa.yaml``).
 

@@ -9,10 +9,10 @@ import hydra
 from ase import Atoms
 from omegaconf import DictConfig
 
-from generate.config import register
 from generate.kappa.result import KappaResult, KappaSettings, log
 from generate.kappa.step import settings_from_dict
 from generate.kappa.transport import compute_kappa
+from generate.run.config import register
 
 register()
 
@@ -24,7 +24,7 @@ def read_nac_params(born_file, atoms: Atoms, settings: KappaSettings) -> dict:
     from phonopy import Phonopy
     from phonopy.file_IO import parse_BORN
 
-    from generate.harmonic import explicit_primitive_matrix, to_phonopy_atoms
+    from generate.harmonic.phonons import explicit_primitive_matrix, to_phonopy_atoms
 
     if not Path(born_file).is_file():
         raise FileNotFoundError(f"BORN file {born_file} does not exist")
@@ -43,9 +43,9 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
 
     from omegaconf import OmegaConf
 
-    from generate import checks
-    from generate.config import relax_settings, sscha_engine, sscha_settings
-    from generate.relax import relax
+    from generate.harmonic.relax import relax
+    from generate.run import checks
+    from generate.run.config import relax_settings, sscha_engine, sscha_settings
     from thermobench.potentials import check_structure, load_named_potential
     from thermobench.structures import load_structure
 
@@ -89,7 +89,7 @@ def run_from_config(cfg) -> tuple[KappaResult, dict]:
 
 
 def run_command(cfg) -> KappaResult:
-    from generate.atomic import write_json_atomically
+    from generate.run.atomic import write_json_atomically
 
     result, record = run_from_config(cfg)
     write_json_atomically(cfg.out, record)

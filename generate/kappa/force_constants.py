@@ -8,7 +8,7 @@ import time
 import numpy as np
 from ase import Atoms
 
-from generate.harmonic import to_ase_atoms
+from generate.harmonic.phonons import to_ase_atoms
 from generate.kappa.result import FC3Report, KappaSettings, Phono3pyFailure
 from thermobench.potentials import compute_forces
 
@@ -58,7 +58,7 @@ def build_phono3py(unit: Atoms, settings: KappaSettings, fc2_supercell_matrix=No
     """A Phono3py object: FC3 in ``fc3_supercell_matrix``, FC2 in ``fc2_supercell_matrix`` (default: the same)."""
     from phono3py import Phono3py
 
-    from generate.harmonic import explicit_primitive_matrix, to_phonopy_atoms
+    from generate.harmonic.phonons import explicit_primitive_matrix, to_phonopy_atoms
 
     fc3_matrix = _as_matrix(settings.fc3_supercell_matrix)
     fc2_matrix = fc2_supercell_matrix if fc2_supercell_matrix is not None else settings.fc2_supercell_matrix

@@ -30,9 +30,9 @@ class KappaSettings:
     fc3_cutoff_A: float | None = None  # pair cutoff of the displacements (FD) or of the fitted FC3 (random_fit)
     fc3_displacement_A: float = 0.03
     fc3_n_snapshots: int | None = None  # random_fit; None: symfc's estimate of the minimum x 4
-    fc2_displacement_A: float = 0.01  # harmonic FC2 by finite displacements, as generate.harmonic
+    fc2_displacement_A: float = 0.01  # harmonic FC2 by finite displacements, as generate.harmonic.phonons
     symprec: float = 1e-5
-    imaginary_tolerance_THz: float = 0.1  # as generate.harmonic: ML potentials leave ±0.1 THz near Γ
+    imaginary_tolerance_THz: float = 0.1  # as generate.harmonic.phonons: ML potentials leave ±0.1 THz near Γ
     # Average the tetrahedron weights over degenerate bands: otherwise κ depends on the arbitrary
     # eigenvectors of degenerate subspaces (1e-12 eV/Å² of noise in FC2 moved Si's κ by 0.7 %).
     average_degenerate_weights: bool = True
@@ -42,7 +42,7 @@ class KappaSettings:
     seed: int = 0
 
     def __post_init__(self):
-        from generate import checks
+        from generate.run import checks
 
         for index, value in enumerate(checks.temperatures(self.temperatures_K, "kappa.temperatures_K")):
             if value == 0:

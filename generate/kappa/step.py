@@ -23,7 +23,7 @@ class SurrogateFC3:
         self.expansion = expansion
 
     def evaluate_structures(self, structures) -> tuple[np.ndarray, np.ndarray]:
-        from generate.anchoring import match_sites
+        from generate.harmonic.anchoring import match_sites
 
         reference = self.expansion.reference_atoms
         matched = [match_sites(reference, atoms) for atoms in structures]
@@ -36,14 +36,14 @@ class SurrogateFC3:
 
 def settings_from_dict(values: Mapping | None) -> KappaSettings:
     """KappaSettings from a plain mapping (YAML); lists become tuples; unknown keys are an error."""
-    from generate.config import settings_of
+    from generate.run.config import settings_of
 
     return settings_of(KappaSettings, values, "kappa")
 
 
 def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, results, cfg: Mapping,
                            nac_params: Mapping | None = None) -> list[dict]:
-    """``generate.pipeline``'s κ step: one dict of the four κ columns per SSCHA result (temperature).
+    """``generate.run.pipeline``'s κ step: one dict of the four κ columns per SSCHA result (temperature).
 
     FC2s are the pipeline's own (harmonic and SSCHA, in ``supercell_matrix``); FC3 is computed once
     in ``cfg["fc3_supercell_matrix"]`` (default: the same supercell). κ is the isotropic average.

@@ -7,8 +7,8 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from generate.atomic import write_json_atomically
-from generate.config import register
+from generate.run.atomic import write_json_atomically
+from generate.run.config import register
 from generate.sscha.result import SSCHAResult
 
 register()
@@ -16,9 +16,9 @@ register()
 
 def run_command(cfg: DictConfig) -> SSCHAResult:
     """Check every setting, then relax (optional), run the chosen engine and write ``cfg.out``."""
-    from generate import checks
-    from generate.config import relax_settings, sscha_engine, sscha_settings
-    from generate.relax import relax
+    from generate.harmonic.relax import relax
+    from generate.run import checks
+    from generate.run.config import relax_settings, sscha_engine, sscha_settings
     from thermobench.potentials import check_structure, load_named_potential
     from thermobench.structures import load_structure
 

@@ -425,7 +425,7 @@ def sscha_result(
     (``mode_errors_THz`` in the order of the sampled modes), harmonic instabilities, commensurate and
     mesh frequencies; the free energy is the last step's. ``fields``: sigma_A, sigma_A_error,
     n_potential_evaluations, wall_time_s."""
-    from generate.harmonic import commensurate_qpoints
+    from generate.harmonic.phonons import commensurate_qpoints
 
     mass_outer = np.outer(model.sqrt_masses, model.sqrt_masses)
     supercell = model.atoms.copy()

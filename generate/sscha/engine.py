@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 from ase import Atoms
 
-from generate.checkpoint import active as active_checkpoints
+from generate.run.checkpoint import active as active_checkpoints
 from generate.sscha.direct import run_sscha
 from generate.sscha.result import SSCHAResult, SSCHASettings
 from generate.sscha.surrogate import SurrogateDiverged, SurrogateSettings
@@ -59,7 +59,7 @@ class SurrogateEngine:
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
 
     def __post_init__(self):
-        from generate import checks
+        from generate.run import checks
 
         checks.positive(self.max_relative_force_error, "sscha.max_relative_force_error")
         checks.positive(self.max_frequency_correction_THz, "sscha.max_frequency_correction_THz")
@@ -106,8 +106,8 @@ def engine_from_config(values: Mapping) -> DirectEngine | SurrogateEngine:
     (``surrogate`` as :class:`SurrogateSettings`); the node's other keys are :class:`SSCHASettings`."""
     from hydra.utils import get_class
 
-    from generate.checks import SettingsError
-    from generate.config import settings_of
+    from generate.run.checks import SettingsError
+    from generate.run.config import settings_of
 
     values = dict(values)
     target = values.get("_target_", f"{__name__}.DirectEngine")

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from ase import Atoms
 
-from generate.harmonic import IMAGINARY_TOLERANCE_THZ
+from generate.harmonic.phonons import IMAGINARY_TOLERANCE_THZ
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class SSCHASettings:
     seed: int = 0
 
     def __post_init__(self):
-        from generate import checks
+        from generate.run import checks
 
         checks.temperature(self.temperature_K, "sscha.temperature_K", self.quantum)
         checks.positive(self.n_configurations, "sscha.n_configurations", integer=True, minimum=2, strict=False)

@@ -9,7 +9,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 
-from generate.harmonic import explicit_primitive_matrix, to_phonopy_atoms
+from generate.harmonic.phonons import explicit_primitive_matrix, to_phonopy_atoms
 from generate.sscha.result import SSCHASettings, UnstableMode
 from generate.sscha.symmetry import SpaceGroupAverage
 

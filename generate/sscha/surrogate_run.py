@@ -190,7 +190,7 @@ def solve_on_surrogate(
     threshold at which the caller rejects the surrogate), its verification ensemble is not grown and
     no correction steps are taken: precision spent on a result that will be discarded is wasted.
     """
-    from generate.harmonic import commensurate_qpoints
+    from generate.harmonic.phonons import commensurate_qpoints
 
     if surrogate.averages not in ("analytic", "ensemble"):
         raise ValueError(f"surrogate.averages must be 'analytic' or 'ensemble', not {surrogate.averages!r}")

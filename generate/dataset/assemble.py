@@ -1,6 +1,6 @@
 """Reducer: pipeline records → a HuggingFace ``DatasetDict`` per split configuration → Parquet + card.
 
-``python -m generate.assemble RUN_FOLDER OUT_FOLDER`` reads ``RUN_FOLDER/records/*.json`` (a run
+``python -m generate.dataset.assemble RUN_FOLDER OUT_FOLDER`` reads ``RUN_FOLDER/records/*.json`` (a run
 folder made by ``python -m generate``; an ``out_dir`` holding exactly one run folder also works) and
 writes::
 
@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from generate.harmonic_reference import REFERENCES
+from generate.harmonic.reference import REFERENCES
 from thermobench.dataset import (
     COLUMNS,
     CONFIGS,
@@ -179,18 +179,18 @@ def assemble(run_folder: Path, out_folder: Path, title: str | None = None, notes
         "n_rows": len(rows),
         "splits": {c: {s: len(d) for s, d in dd.items()} for c, dd in dicts.items()},
     }
-    from generate.card import dataset_card
+    from generate.dataset.card import dataset_card
 
     (out_folder / "README.md").write_text(dataset_card(title, manifest, ok, failed, rows, dicts, out_folder, notes))
     return stats
 
 
 def run_command(cfg) -> dict:
-    from generate.checks import SettingsError
+    from generate.run.checks import SettingsError
 
     for key in ("run_folder", "out_folder"):
         if not cfg.get(key):
-            raise SettingsError(f"{key} is required: python -m generate.assemble run_folder=RUN out_folder=DATASET")
+            raise SettingsError(f"{key} is required: python -m generate.dataset.assemble run_folder=RUN out_folder=DATASET")
     stats = assemble(Path(cfg.run_folder), Path(cfg.out_folder), cfg.title, Path(cfg.notes) if cfg.get("notes") else None)
     print(
         f"[assemble] {stats['n_materials']} materials ({stats['n_rows']} rows), {stats['n_failed']} failed -> "
@@ -202,7 +202,7 @@ def run_command(cfg) -> dict:
 def main() -> None:
     import hydra
 
-    hydra.main(version_base="1.3", config_path="../conf", config_name="assemble")(run_command)()
+    hydra.main(version_base="1.3", config_path="../../conf", config_name="assemble")(run_command)()
 
 
 if __name__ == "__main__":

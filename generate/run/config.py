@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Set from one place per command (the harmonic group, or the command's temperatures and seed).
 SHARED = ("temperature_K", "temperatures_K", "seed", "symprec", "q_mesh", "displacement_A", "imaginary_tolerance_THz")
 
@@ -38,9 +38,9 @@ def node(cls, leave_out=SHARED, **extra) -> dict:
 
 def register() -> None:
     """Store the dataclass defaults under the ``base`` group (idempotent; Hydra reads it at compose time)."""
-    from generate.harmonic import HarmonicSettings
+    from generate.harmonic.phonons import HarmonicSettings
+    from generate.harmonic.relax import RelaxSettings
     from generate.kappa.result import KappaSettings
-    from generate.relax import RelaxSettings
     from generate.sscha.engine import SurrogateEngine
     from generate.sscha.result import SSCHASettings
 
@@ -75,7 +75,7 @@ def container(values) -> dict:
 
 def settings_of(cls, values: Mapping, section: str, **shared):
     """``cls(**values, **shared)`` with lists as tuples; an unknown key is a SettingsError naming it."""
-    from generate.checks import SettingsError
+    from generate.run.checks import SettingsError
 
     values = {k: v for k, v in container(values).items() if k != "_target_"}
     known = {f.name for f in dataclasses.fields(cls)}
@@ -94,7 +94,7 @@ def checked_temperatures(cfg, key: str = "temperatures_K") -> None:
     it: a single temperature (``temperatures_K=300``) becomes a list of one."""
     from omegaconf import open_dict
 
-    from generate import checks
+    from generate.run import checks
 
     with open_dict(cfg):
         cfg[key] = list(checks.temperatures(cfg[key], key))
@@ -106,7 +106,7 @@ def harmonic_shared(harmonic: Mapping) -> dict:
 
 
 def relax_settings(relax: Mapping, harmonic: Mapping):
-    from generate.relax import RelaxSettings
+    from generate.harmonic.relax import RelaxSettings
 
     return settings_of(RelaxSettings, relax, "relax", symprec=container(harmonic)["symprec"])
 

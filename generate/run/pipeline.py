@@ -9,7 +9,7 @@ self-contained JSON record, written atomically into ``<out_dir>/<fingerprint>/re
 
 Resuming: a material with a record is skipped (failed ones too, unless ``retry_failed``); one that
 was stopped mid-way resumes after its last checkpointed stage (SSCHA per temperature, κ;
-:mod:`generate.checkpoint`, in ``partial/``). The
+:mod:`generate.run.checkpoint`, in ``partial/``). The
 settings that change the numbers are hashed into a fingerprint; records live in a folder named by
 it, next to a ``manifest.json`` that holds the settings and the history of runs, so records made
 with different settings are never mixed.
@@ -24,9 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from generate.atomic import write_json_atomically
-from generate.records import compute_material, material_fields, open_run_folder
-from generate.settings import RECORD_VERSION, GeneratorSettings, check_settings, settings_from_config
+from generate.run.atomic import write_json_atomically
+from generate.run.records import compute_material, material_fields, open_run_folder
+from generate.run.settings import RECORD_VERSION, GeneratorSettings, check_settings, settings_from_config
 from thermobench.families import Material
 from thermobench.potentials import LoadedPotential, named_potential_sha256
 
@@ -101,7 +101,7 @@ def ray_executor(materials: list[Material], settings: GeneratorSettings, device:
 def checked_against_schema(record: dict) -> dict:
     """The record if its rows fit the dataset schema, else a failure record (stage ``record``) that says why:
     a row that would break ``assemble`` is caught when it is written, not days later."""
-    from generate.assemble import InvalidRecordError, validate_rows
+    from generate.dataset.assemble import InvalidRecordError, validate_rows
 
     if record["status"] != "ok":
         return record
@@ -130,7 +130,7 @@ def run(cfg, materials: list[Material] | None = None, potential: LoadedPotential
     (serial executor only: a loaded object does not travel to Ray workers)."""
     from tqdm.auto import tqdm
 
-    from generate.sources import materials_from_config
+    from generate.run.sources import materials_from_config
 
     start = time.time()
     settings = settings_from_config(cfg)

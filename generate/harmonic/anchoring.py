@@ -55,7 +55,7 @@ def dft_force_constants(dft_phonon, cell: Atoms, supercell_matrix) -> np.ndarray
     from phonopy import Phonopy
     from phonopy.harmonic.dynmat_to_fc import DynmatToForceConstants
 
-    from generate.harmonic import to_phonopy_atoms
+    from generate.harmonic.phonons import to_phonopy_atoms
 
     primitive = dft_phonon.primitive
     positions = (cell.get_scaled_positions() - primitive.scaled_positions + 0.5) % 1 - 0.5

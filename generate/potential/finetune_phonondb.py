@@ -1,13 +1,13 @@
 """Fine-tune at scale on the Kyoto phonon database: streamed, step-resumable, selected on validation.
 
-    python -m generate.finetune source=phonondb source.phonondb_dir=../phononDB/phonon_db_tarred \\
+    python -m generate.potential.finetune source=phonondb source.phonondb_dir=../phononDB/phonon_db_tarred \\
         out_dir=outputs/finetune/phonondb max_steps=4000
 
 phonondb materials carry ~25 displaced supercells each, so a full epoch over thousands of materials
 costs core-days on CPU. Each step therefore draws ``materials_per_step`` training materials (a fresh
 permutation of the training split per pass) and, of each, its perfect supercell and
 ``displacements_per_step`` of its displaced supercells at random; the loss is that of
-``generate.finetune`` (DFT force change relative to the perfect supercell, weighted by the material's
+``generate.potential.finetune`` (DFT force change relative to the perfect supercell, weighted by the material's
 inverse mean squared DFT force; zero forces on the perfect supercell; the energy of the perfect
 supercell anchored to the base model) plus a replay batch every ``replay_every`` steps.
 
@@ -27,8 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from generate.finetune import Sample, _batch, drift_sentence, freeze, loss_terms, replay_samples, weight_by_force_scale
-from generate.phonon_data import DatasetError, displaced_forces, load_phonon_dataset
+from generate.harmonic.dft_data import DatasetError, displaced_forces, load_phonon_dataset
+from generate.potential.finetune import (
+    Sample,
+    _batch,
+    drift_sentence,
+    freeze,
+    loss_terms,
+    replay_samples,
+    weight_by_force_scale,
+)
 
 
 class MaterialCache:
@@ -45,7 +53,7 @@ class MaterialCache:
 
     def get(self, entry):
         """``(perfect Atoms, [displaced Atoms], forces (n, natom, 3), weight)`` or None if unusable."""
-        from generate.harmonic import to_ase_atoms
+        from generate.harmonic.phonons import to_ase_atoms
 
         key = entry.material_id
         if key in self.skipped:
@@ -222,8 +230,8 @@ def finetune_at_scale(config) -> dict:
             save(best=improved)
 
     if "parity_drift" not in state and config.parity_dir:
-        from generate.finetune import parity_drift
-        from generate.relax import RelaxSettings
+        from generate.harmonic.relax import RelaxSettings
+        from generate.potential.finetune import parity_drift
 
         selected = load_potential(str(out / "best"))
         state["parity_drift"] = parity_drift(base, selected, Path(config.parity_dir), RelaxSettings(fmax_eV_A=1e-3, max_steps=300))

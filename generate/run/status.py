@@ -1,4 +1,4 @@
-"""``python -m generate.status RUN``: how far a generation run has got: finished and failed materials (by
+"""``python -m generate.run.status RUN``: how far a generation run has got: finished and failed materials (by
 stage), and those in progress or stopped mid-way, with their stage, since when, and the checkpoints a
 restart resumes from. ``RUN``: an ``out_dir`` (every settings folder in it) or one settings folder."""
 
@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from generate.checkpoint import PROGRESS
-from generate.records import RunFolder
+from generate.run.checkpoint import PROGRESS
+from generate.run.records import RunFolder
 
 
 def _running(progress: dict) -> bool | None:
@@ -79,7 +79,7 @@ def report(status: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m generate.status", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m generate.run.status", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="out_dir of the generation, or one of its settings folders")
     args = parser.parse_args(argv)
     roots = [args.run] if (args.run / "manifest.json").is_file() else sorted(p.parent for p in args.run.glob("*/manifest.json"))

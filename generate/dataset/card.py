@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generate.harmonic import mesh_mean_frequency_change
+from generate.harmonic.phonons import mesh_mean_frequency_change
 from thermobench.dataset import COLUMNS, CONFIGS, RANDOM_FRACTIONS, SCHEMA_VERSION, SPLITS, ood_holdout
 
 
@@ -104,7 +104,7 @@ Temperature-dependent (anharmonic) phonons of {len(ok)} inorganic crystals at
 {", ".join(f"{t:g}" for t in temperatures)} K, computed with the stochastic self-consistent harmonic
 approximation (SSCHA) on the machine-learned potential **{potential}** (checkpoint sha256 `{sha}`).
 One row per (material, temperature): {len(rows)} rows. Made by the `thermobench` generation pipeline
-(`python -m generate`, then `python -m generate.assemble`); schema version {SCHEMA_VERSION}.
+(`python -m generate`, then `python -m generate.dataset.assemble`); schema version {SCHEMA_VERSION}.
 
 Structure families (materials): {family_list}.
 
@@ -177,7 +177,7 @@ Commands (resumed runs listed in order; records of finished materials are reused
 {chr(10).join(commands)}
 
 Total wall time of the runs: {wall / 3600:.2f} h ({compute / 3600:.2f} h of per-material compute,
-summed over parallel workers). Then: `python -m generate.assemble <run folder> <this folder>`.
+summed over parallel workers). Then: `python -m generate.dataset.assemble <run folder> <this folder>`.
 
 Settings fingerprint: `{manifest["settings_fingerprint"]}`. Packages: {", ".join(f"{k} {v}" for k, v in versions.items() if v)}.
 Full settings (also in every row's `settings_json`):
@@ -229,7 +229,7 @@ def method_text(settings: dict) -> str:
                        f"{sscha['max_configurations']})")
     large = h.get("supercell_max_atoms") and "min_length_A" in sc  # the embedding came with both
     mesh = (f"q-mesh {h['q_mesh']}: harmonic FC2 of a larger supercell (planes ≥ {h['supercell_min_length_A']} Å "
-            f"apart, at most {h['supercell_max_atoms']} atoms) with the SSCHA correction embedded (generate.embedding)"
+            f"apart, at most {h['supercell_max_atoms']} atoms) with the SSCHA correction embedded (generate.harmonic.embedding)"
             if large else f"q-mesh {h['q_mesh']} by Fourier interpolation of the SSCHA supercell")
     return (
         f"Per material: relax cell and positions under the space-group constraint (ASE {relax['optimizer']}, "
@@ -254,7 +254,7 @@ def anchoring_text(settings: dict) -> str:
         "DFT and only the anharmonic part from the potential.** They are not relaxed: DFT's (PBEsol) cell is used as "
         "given, DFT's FC2 is the harmonic result (mesh, DOS, harmonic thermodynamics, κ_harm; phonondb's Born charges "
         "applied to the mesh and both κ, `nac_applied`), and the SSCHA, σᴬ, the shifts, κ_ren and FC3 use the potential "
-        "anchored to DFT about the DFT supercell R0 (generate.anchoring): V(R0+u) = V_pot(R0+u) + F_pot(R0)·u − ½uᵀΦ_pot u "
+        "anchored to DFT about the DFT supercell R0 (generate.harmonic.anchoring): V(R0+u) = V_pot(R0+u) + F_pot(R0)·u − ½uᵀΦ_pot u "
         "+ ½uᵀΦ_DFT u, Φ_pot the potential's FC2 at R0 by central differences. Its harmonic phonons are DFT's by "
         "construction; its cubic and higher terms are the potential's. The SSCHA supercell is DFT's own where it fits "
         "the atom budget (else Φ_DFT is Fourier-interpolated from DFT's dynamical matrices). Limits: DFT's static "

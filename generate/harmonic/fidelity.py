@@ -10,7 +10,7 @@ At the DFT geometry the potential is not at rest: atoms on free Wyckoff position
 force. It is subtracted from the displaced supercells' forces (phonopy's ``--fz``), so the finite
 differences see only the displacement's response whatever the displacement set.
 
-    python -m generate.fidelity RUN_FOLDER PHONONDB_DIR
+    python -m generate.harmonic.fidelity RUN_FOLDER PHONONDB_DIR
 
 adds the column to the finished records of a run that predate it (records are rewritten in place;
 a record that has it is left alone, so the command resumes).
@@ -40,8 +40,8 @@ def same_setup_phonopy(reference, unitcell):
 def potential_phonopy_on_dft_geometry(reference, model):
     """A phonopy object of ``reference``'s cell, supercell and displacements with the potential's FC2
     (full), the forces of the undisplaced supercell subtracted. Returns (phonopy, potential evaluations)."""
-    from generate.harmonic import to_ase_atoms
-    from generate.phonon_data import displacements_only, produce_force_constants
+    from generate.harmonic.dft_data import displacements_only, produce_force_constants
+    from generate.harmonic.phonons import to_ase_atoms
     from thermobench.potentials import compute_forces
 
     phonon = same_setup_phonopy(reference, reference.unitcell)
@@ -56,7 +56,7 @@ def potential_phonopy_on_dft_geometry(reference, model):
 def dft_geometry_mae(reference, model, qpoints, weights, dft_frequencies_THz) -> float:
     """Mesh-weighted MAE (THz, every band, no NAC) of the potential's frequencies at the DFT geometry
     against ``dft_frequencies_THz`` on ``qpoints`` (reduced coordinates of the same primitive cell)."""
-    from generate.harmonic import mesh_frequency_mae
+    from generate.harmonic.phonons import mesh_frequency_mae
 
     phonon, _ = potential_phonopy_on_dft_geometry(reference, model)
     phonon.run_qpoints(np.asarray(qpoints))
@@ -68,7 +68,7 @@ def backfill(run_folder: Path, phonondb_dir: Path, potential=None, log=print) ->
     """Add :data:`COLUMN` to every finished phonondb record of ``run_folder`` (``<run>/<fingerprint>/records``
     or a records folder) that lacks it, with the potential the rows were made with (by name, checked
     against the rows' checksum; ``potential``: a loaded one instead). Returns the records written."""
-    from generate.phonon_data import load_dft_dataset
+    from generate.harmonic.dft_data import load_dft_dataset
     from thermobench.phonondb import archive_path, read_index
     from thermobench.potentials import load_named_potential
 
@@ -103,7 +103,7 @@ def backfill(run_folder: Path, phonondb_dir: Path, potential=None, log=print) ->
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m generate.fidelity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m generate.harmonic.fidelity", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_folder", type=Path)
     parser.add_argument("phonondb_dir", type=Path, help="phononDB/phonon_db_tarred")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """How far are a potential's phonons from DFT? Compare with phonopy DFT displacement datasets.
 
-    python -m generate.validate_phonons --potential M3GNet-MP-2021.2.8-PES \\
+    python -m generate.harmonic.validate_phonons --potential M3GNet-MP-2021.2.8-PES \\
         [--datasets ../shared/reference/dft-phonons] [--out benchmarks/results/phonons/NAME]
 
 For each dataset directory (``phonopy_disp.yaml`` + ``FORCE_SETS``, optional ``BORN``) the potential's
@@ -22,8 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from generate.fidelity import potential_phonopy_on_dft_geometry, same_setup_phonopy
-from generate.harmonic import (
+from generate.harmonic.dft_data import (
+    DatasetError,
+    dataset_name,
+    find_datasets,
+    load_dft_dataset,
+)
+from generate.harmonic.fidelity import potential_phonopy_on_dft_geometry, same_setup_phonopy
+from generate.harmonic.phonons import (
     HarmonicResult,
     HarmonicSettings,
     displaced_supercell_forces,
@@ -32,15 +38,9 @@ from generate.harmonic import (
     to_ase_atoms,
     to_phonopy_atoms,
 )
-from generate.phonon_data import (
-    DatasetError,
-    dataset_name,
-    find_datasets,
-    load_dft_dataset,
-)
-from generate.relax import RelaxSettings, relax
+from generate.harmonic.relax import RelaxSettings, relax
 
-DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "dft-phonons"
+DEFAULT_DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "dft-phonons"
 COMPARISON_TEMPERATURE_K = 300.0
 
 
@@ -68,7 +68,7 @@ def _same_setup_phonopy(reference, unitcell):
 
 def potential_phonons_on_dft_geometry(reference, model, settings: HarmonicSettings, spectra: bool = True) -> HarmonicResult:
     """The potential's FC2 from exactly the DFT displacements of the DFT geometry (its residual forces
-    there subtracted: :func:`generate.fidelity.potential_phonopy_on_dft_geometry`), with the DFT NAC."""
+    there subtracted: :func:`generate.harmonic.fidelity.potential_phonopy_on_dft_geometry`), with the DFT NAC."""
     phonon, evaluations = potential_phonopy_on_dft_geometry(reference, model)
     if reference.nac_params is not None:
         phonon.nac_params = reference.nac_params
@@ -277,11 +277,11 @@ def validate(potential: str, datasets: Path, out: Path, settings: HarmonicSettin
 
 
 def run_command(cfg) -> dict:
-    from generate.config import relax_settings, settings_of
+    from generate.run.config import relax_settings, settings_of
 
     # Never overwrite the committed reports under benchmarks/results/ unless out= says so.
     out = Path(cfg.out) if cfg.out else Path("outputs/validate_phonons") / Path(str(cfg.potential.name)).name
-    command = "python -m generate.validate_phonons " + " ".join(sys.argv[1:])
+    command = "python -m generate.harmonic.validate_phonons " + " ".join(sys.argv[1:])
     settings = settings_of(HarmonicSettings, {k: v for k, v in cfg.harmonic.items()}, "harmonic")
     report = validate(str(cfg.potential.name), Path(cfg.datasets or DEFAULT_DATASETS), out, settings, relax_settings(cfg.relax, cfg.harmonic), command)
     print(markdown_table(report))
@@ -291,10 +291,10 @@ def run_command(cfg) -> dict:
 def main() -> None:
     import hydra
 
-    from generate.config import register
+    from generate.run.config import register
 
     register()
-    hydra.main(version_base="1.3", config_path="../conf", config_name="validate_phonons")(run_command)()
+    hydra.main(version_base="1.3", config_path="../../conf", config_name="validate_phonons")(run_command)()
 
 
 if __name__ == "__main__":

@@ -96,10 +96,10 @@ class Checkpoints:
         return value
 
     def mark(self, stage: str) -> None:
-        """Record in ``progress.json`` the stage the material has reached, for ``python -m generate.status``."""
+        """Record in ``progress.json`` the stage the material has reached, for ``python -m generate.run.status``."""
         if self.directory is None:
             return
-        from generate.atomic import write_json_atomically
+        from generate.run.atomic import write_json_atomically
 
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

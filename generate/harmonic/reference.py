@@ -3,7 +3,7 @@
 ``harmonic_reference: dft`` (the default) takes it from DFT wherever the source has DFT force constants
 (phonondb): the crystal stays at DFT's geometry (no relaxation), DFT's FC2 is the harmonic result (mesh
 frequencies, DOS and κ_harm with DFT's Born charges where phonondb has them), and the SSCHA runs on the
-potential anchored to it (:mod:`generate.anchoring`), so only the cubic and higher terms are the
+potential anchored to it (:mod:`generate.harmonic.anchoring`), so only the cubic and higher terms are the
 potential's. Sources without DFT (the built-in metals, files) and ``harmonic_reference: potential`` take
 everything from the potential at its own relaxed geometry, as thermobench-0.2 did.
 """
@@ -47,8 +47,8 @@ def uses_dft(material, harmonic_reference: str) -> bool:
 def anchored_supercell(dft_phonon, cell: Atoms, supercell: dict) -> np.ndarray:
     """The SSCHA supercell of an anchored crystal: ``supercell.matrix`` when given, else DFT's own supercell where
     it fits ``supercell.max_atoms`` (DFT's FC2 there is exact, not interpolated), else the generator's choice."""
-    from generate.anchoring import primitive_supercell_matrix
-    from generate.labels import choose_supercell
+    from generate.harmonic.anchoring import primitive_supercell_matrix
+    from generate.run.labels import choose_supercell
 
     if supercell.get("matrix") is not None:
         return choose_supercell(cell, 0, 10**9, supercell["matrix"])
@@ -74,8 +74,8 @@ def dft_reference(material, atoms: Atoms, loaded, settings) -> HarmonicReference
     """The anchored route: DFT's geometry and FC2, the potential anchored to it in the SSCHA supercell."""
     from phonopy import Phonopy
 
-    from generate.anchoring import anchor, dft_force_constants
-    from generate.harmonic import phonon_properties, to_phonopy_atoms
+    from generate.harmonic.anchoring import anchor, dft_force_constants
+    from generate.harmonic.phonons import phonon_properties, to_phonopy_atoms
     from generate.sscha.supercell import supercell_model, symmetrize_matrix, to_blocks, to_matrix
 
     dft = material.build.dft_phonons()
@@ -108,9 +108,9 @@ def dft_reference(material, atoms: Atoms, loaded, settings) -> HarmonicReference
 
 def potential_reference(atoms: Atoms, loaded, settings, stage) -> HarmonicReference:
     """The potential route: relax with the potential, its FC2 in the SSCHA supercell and in the larger one of the mesh."""
-    from generate.harmonic import harmonic_phonons
-    from generate.records import sscha_supercells
-    from generate.relax import relax
+    from generate.harmonic.phonons import harmonic_phonons
+    from generate.harmonic.relax import relax
+    from generate.run.records import sscha_supercells
 
     relaxed = stage("relax", relax, atoms, loaded.calculator, settings.relax)
     cell = relaxed.atoms

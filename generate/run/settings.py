@@ -43,8 +43,8 @@ class GeneratorSettings:
 
     plain: dict = field(repr=False)
     temperatures_K: tuple[float, ...]
-    harmonic_reference: str  # dft | potential (generate.harmonic_reference)
-    supercell: dict  # the SSCHA supercell rule (generate.labels.choose_supercell)
+    harmonic_reference: str  # dft | potential (generate.harmonic.reference)
+    supercell: dict  # the SSCHA supercell rule (generate.run.labels.choose_supercell)
     relax: object  # RelaxSettings
     harmonic: object  # HarmonicSettings with the temperatures; the supercell is set per material (harmonic_in)
     sscha: tuple  # one SSCHASettings per temperature
@@ -70,12 +70,12 @@ class GeneratorSettings:
 
 def check_settings(settings: dict) -> GeneratorSettings:
     """Every setting, checked and typed before the first material; ``SettingsError`` names the field."""
-    from generate import checks
-    from generate.config import relax_settings, settings_of
-    from generate.config import sscha_engine as engine_of
-    from generate.config import sscha_settings as settings_at
-    from generate.harmonic import HarmonicSettings
-    from generate.harmonic_reference import REFERENCES
+    from generate.harmonic.phonons import HarmonicSettings
+    from generate.harmonic.reference import REFERENCES
+    from generate.run import checks
+    from generate.run.config import relax_settings, settings_of
+    from generate.run.config import sscha_engine as engine_of
+    from generate.run.config import sscha_settings as settings_at
 
     checks.choice(settings["harmonic_reference"], "harmonic_reference", REFERENCES)
     audit_every = checks.positive(settings["audit"]["every"], "audit.every", integer=True, strict=False)

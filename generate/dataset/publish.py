@@ -1,4 +1,4 @@
-"""``python -m generate.publish --repo-id OWNER/NAME [--folder DIR] [--tag v0.1.0]``: push an assembled
+"""``python -m generate.dataset.publish --repo-id OWNER/NAME [--folder DIR] [--tag v0.1.0]``: push an assembled
 dataset folder to the HuggingFace Hub.
 
 Each split configuration is pushed with ``DatasetDict.push_to_hub(config_name=...)`` (Parquet shards
@@ -21,7 +21,7 @@ def publish(folder: Path, repo_id: str, tag: str | None = None, private: bool = 
 
     folder = Path(folder)
     if not (folder / "README.md").is_file():
-        raise FileNotFoundError(f"{folder} has no README.md: run python -m generate.assemble first")
+        raise FileNotFoundError(f"{folder} has no README.md: run python -m generate.dataset.assemble first")
     api = HfApi()
     if tag is not None:
         existing = {t.name for t in api.list_repo_refs(repo_id, repo_type="dataset").tags} if api.repo_exists(repo_id, repo_type="dataset") else set()
@@ -39,17 +39,17 @@ def publish(folder: Path, repo_id: str, tag: str | None = None, private: bool = 
 
 
 def run_command(cfg) -> None:
-    from generate.checks import SettingsError
+    from generate.run.checks import SettingsError
 
     if not cfg.get("repo_id"):
-        raise SettingsError("repo_id is required: python -m generate.publish repo_id=OWNER/NAME")
+        raise SettingsError("repo_id is required: python -m generate.dataset.publish repo_id=OWNER/NAME")
     publish(Path(cfg.folder), str(cfg.repo_id), cfg.tag, bool(cfg.private))
 
 
 def main() -> None:
     import hydra
 
-    hydra.main(version_base="1.3", config_path="../conf", config_name="publish")(run_command)()
+    hydra.main(version_base="1.3", config_path="../../conf", config_name="publish")(run_command)()
 
 
 if __name__ == "__main__":

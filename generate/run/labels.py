@@ -19,7 +19,7 @@ def choose_supercell(atoms, min_atoms: int, max_atoms: int, matrix=None, min_len
     The cell itself is never accepted: it samples Γ alone, and mesh frequencies interpolated from it
     are artefacts. When no larger balanced supercell fits ``max_atoms`` the error says so.
     """
-    from generate.harmonic import supercell_matrix_for_min_length
+    from generate.harmonic.phonons import supercell_matrix_for_min_length
 
     if matrix is not None:
         m = np.array(matrix, dtype=int)

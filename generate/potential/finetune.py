@@ -1,6 +1,6 @@
 """Fine-tune a matgl potential on DFT phonon data (phonopy displacement datasets).
 
-    python -m generate.finetune [data_dir=DIR] [potential=m3gnet_mp|potential.name=DIR] [epochs=..] [exclude=[NaCl]]
+    python -m generate.potential.finetune [data_dir=DIR] [potential=m3gnet_mp|potential.name=DIR] [epochs=..] [exclude=[NaCl]]
 
 Every displaced supercell of every dataset under ``data_dir`` is a training sample with its DFT
 forces; the perfect supercell enters with zero forces (the DFT equilibrium). The force loss has two
@@ -48,8 +48,8 @@ class ReadReport:
 
 def dataset_samples(path: Path, element_types) -> list[Sample]:
     """Training samples of one dataset (any layout); raises ``DatasetError`` naming what is wrong with it."""
-    from generate.harmonic import to_ase_atoms
-    from generate.phonon_data import DatasetError, dataset_name, displaced_forces, load_phonon_dataset
+    from generate.harmonic.dft_data import DatasetError, dataset_name, displaced_forces, load_phonon_dataset
+    from generate.harmonic.phonons import to_ase_atoms
 
     name = dataset_name(path)
     phonon = load_phonon_dataset(path)
@@ -73,7 +73,7 @@ def dataset_samples(path: Path, element_types) -> list[Sample]:
 
 def read_phonon_datasets(root: Path, element_types, exclude=()) -> ReadReport:
     """All phonopy datasets under ``root`` (any depth, any layout); broken ones are named and skipped."""
-    from generate.phonon_data import DatasetError, dataset_name, find_datasets
+    from generate.harmonic.dft_data import DatasetError, dataset_name, find_datasets
 
     report = ReadReport()
     for path in find_datasets(Path(root)):
@@ -162,7 +162,7 @@ def parity_drift(base, tuned, parity_dir: Path, relax_settings) -> dict:
     """Energy, force and lattice-constant changes of the fine-tuned model on the parity structures."""
     from ase.io import read
 
-    from generate.relax import relax
+    from generate.harmonic.relax import relax
     from thermobench.potentials import ThermobenchCalculator, evaluate_batch
 
     own = Path(parity_dir) / f"{base.thermobench_info['name']}.extxyz"
@@ -302,7 +302,7 @@ def finetune(config) -> dict:
     from lightning.pytorch.loggers import CSVLogger
     from matgl.ext.ase import Atoms2Graph
 
-    from generate.relax import RelaxSettings
+    from generate.harmonic.relax import RelaxSettings
     from thermobench.matgl_compat import detect_convention
     from thermobench.potentials import describe, load_potential, resolve_model_dir, write_convention_metadata
 
@@ -411,10 +411,10 @@ Load with `thermobench.potentials.load_potential("<this directory>")`.
 def main() -> None:
     import hydra
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="finetune")
+    @hydra.main(version_base="1.3", config_path="../../conf", config_name="finetune")
     def run(cfg) -> None:
         if cfg.source.name == "phonondb":
-            from generate.finetune_phonondb import finetune_at_scale
+            from generate.potential.finetune_phonondb import finetune_at_scale
 
             report = finetune_at_scale(cfg)
             print(json.dumps({k: report[k] for k in ("data", "best", "wall_time_s")}, indent=1, default=str))

@@ -369,7 +369,7 @@ def load_dft_dataset(path: Path):
 
 
 def _main() -> None:  # pragma: no cover
-    """``python -m generate.phonon_data index PHONONDB_DIR`` rebuilds the committed index; else describe datasets."""
+    """``python -m generate.harmonic.dft_data index PHONONDB_DIR`` rebuilds the committed index; else describe datasets."""
     import sys
 
     from thermobench.phonondb import INDEX_PATH, write_index

@@ -1,6 +1,6 @@
 """Relax a crystal with a potential, keeping its space group, and report how the relaxation went.
 
-``python -m generate.relax`` relaxes the configured structure (default: NaCl with the default
+``python -m generate.harmonic.relax`` relaxes the configured structure (default: NaCl with the default
 potential) and prints its lattice constant and energy.
 """
 
@@ -26,7 +26,7 @@ class RelaxSettings:
     def __post_init__(self):
         from ase import optimize
 
-        from generate import checks
+        from generate.run import checks
 
         if not isinstance(getattr(optimize, str(self.optimizer), None), type):
             raise checks.SettingsError(f"relax.optimizer {self.optimizer!r} is not an ASE optimizer (e.g. BFGS, FIRE, LBFGS)")
@@ -105,7 +105,7 @@ def conventional_cubic_lattice_constant(atoms: Atoms) -> float:
 
 
 def run_command(cfg) -> RelaxResult:
-    from generate.config import relax_settings
+    from generate.run.config import relax_settings
     from thermobench.potentials import check_structure, load_named_potential
     from thermobench.structures import load_structure
 
@@ -131,10 +131,10 @@ def run_command(cfg) -> RelaxResult:
 def main() -> None:
     import hydra
 
-    from generate.config import register
+    from generate.run.config import register
 
     register()
-    hydra.main(version_base="1.3", config_path="../conf", config_name="relax")(run_command)()
+    hydra.main(version_base="1.3", config_path="../../conf", config_name="relax")(run_command)()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ DEGENERACY_THZ = 1e-3  # frequencies closer than this form one degenerate subspa
 
 
 def _modes(phonon, q) -> tuple[np.ndarray, np.ndarray]:
-    from generate.embedding import signed_frequencies_THz
+    from generate.harmonic.embedding import signed_frequencies_THz
 
     phonon.dynamical_matrix.run(q)
     matrix = phonon.dynamical_matrix.dynamical_matrix

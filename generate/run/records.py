@@ -14,18 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from generate.atomic import write_json_atomically
-from generate.checkpoint import active as active_checkpoints
-from generate.checkpoint import material_checkpoints
-from generate.labels import (
+from generate.harmonic.modes import frequency_shifts, matched_frequencies
+from generate.run.atomic import write_json_atomically
+from generate.run.checkpoint import active as active_checkpoints
+from generate.run.checkpoint import material_checkpoints
+from generate.run.labels import (
     choose_supercell,
     finite_or_none,
     mode_thermodynamics,
     smeared_dos,
     structure_hash,
 )
-from generate.modes import frequency_shifts, matched_frequencies
-from generate.settings import RECORD_VERSION, GeneratorSettings, fingerprint, package_versions
+from generate.run.settings import RECORD_VERSION, GeneratorSettings, fingerprint, package_versions
 from thermobench.families import Material
 from thermobench.potentials import load_named_potential
 
@@ -53,9 +53,9 @@ def compute_material(material: Material, settings: GeneratorSettings, device: st
                      checkpoint_dir: Path | str | None = None) -> dict:
     """Compute one material's record; never raises (a failure becomes a failure record).
 
-    ``settings``: the run's checked settings (:func:`generate.settings.check_settings`).
+    ``settings``: the run's checked settings (:func:`generate.run.settings.check_settings`).
     ``potential``: a :class:`LoadedPotential` to use instead of loading ``settings.potential``.
-    ``checkpoint_dir``: where the expensive stages are checkpointed (:mod:`generate.checkpoint`), in a
+    ``checkpoint_dir``: where the expensive stages are checkpointed (:mod:`generate.run.checkpoint`), in a
     folder per material, deleted once the material succeeds; a failed one keeps it, so that
     ``retry_failed`` resumes. ``wall_time_s`` includes the time of the stages read back, and
     ``reused_checkpoints`` names them.
@@ -105,7 +105,7 @@ def _stage(name: str, function: Callable, *args, **kwargs):
 
 
 def _compute_rows(material: Material, settings: GeneratorSettings, device: str, potential, start: float) -> list[dict]:
-    from generate.harmonic_reference import dft_reference, potential_reference, uses_dft
+    from generate.harmonic.reference import dft_reference, potential_reference, uses_dft
     from generate.sscha.classical import classical_sigma_A
     from thermobench.families import formula_reduced
     from thermobench.phonondb import chemical_family
@@ -311,14 +311,14 @@ def dft_comparison(material: Material, reference, tolerance_THz: float, model=No
     source that has them (phonondb); None otherwise.
 
     The potential's frequencies are taken at the rows' geometry: its own relaxed one on the potential route
-    (and, with ``model``, also at DFT's geometry, :mod:`generate.fidelity`, which separates its force
+    (and, with ``model``, also at DFT's geometry, :mod:`generate.harmonic.fidelity`, which separates its force
     constants from its lattice), DFT's on the anchored route (its Φ_pot of the anchoring, no new evaluations),
     where both MAE columns are that one. Both sides without the non-analytic correction (the potential
     predicts no Born charges), so the MAE measures the short-range force constants, as
-    ``generate.validate_phonons`` does. The q-points are reduced coordinates of the same primitive cell.
+    ``generate.harmonic.validate_phonons`` does. The q-points are reduced coordinates of the same primitive cell.
     """
-    from generate.fidelity import dft_geometry_mae
-    from generate.harmonic import mesh_frequency_mae
+    from generate.harmonic.fidelity import dft_geometry_mae
+    from generate.harmonic.phonons import mesh_frequency_mae
 
     build = getattr(material.build, "dft_phonons", None)
     if build is None:
@@ -330,7 +330,7 @@ def dft_comparison(material: Material, reference, tolerance_THz: float, model=No
     frequencies = np.asarray(dft.qpoints.frequencies)
     potential_stable = None
     if reference.kind == "dft":
-        from generate.embedding import supercell_phonopy
+        from generate.harmonic.embedding import supercell_phonopy
 
         own = supercell_phonopy(reference.cell, reference.supercell_matrix, np.eye(3), dft.symmetry.tolerance,
                                 reference.potential_fc2)
@@ -450,8 +450,8 @@ def n_at_floor(result, floor_THz: float) -> int:
 
 def _matched_modes(cell, matrix, harmonic, results, symprec: float) -> list[tuple]:
     """Per temperature, the SSCHA modes at the commensurate q-points paired with the harmonic ones
-    (:func:`generate.modes.matched_frequencies`)."""
-    from generate.embedding import supercell_phonopy
+    (:func:`generate.harmonic.modes.matched_frequencies`)."""
+    from generate.harmonic.embedding import supercell_phonopy
 
     out = []
     for result in results:
@@ -462,8 +462,8 @@ def _matched_modes(cell, matrix, harmonic, results, symprec: float) -> list[tupl
 
 def _embedded_meshes(cell, matrix, harmonic, large, results, symprec: float) -> list[np.ndarray]:
     """Renormalized mesh frequencies per temperature: the large supercell's harmonic FC2 plus each
-    SSCHA correction (:mod:`generate.embedding`), on the harmonic mesh."""
-    from generate.embedding import embedded_frequencies_THz, supercell_phonopy
+    SSCHA correction (:mod:`generate.harmonic.embedding`), on the harmonic mesh."""
+    from generate.harmonic.embedding import embedded_frequencies_THz, supercell_phonopy
 
     out = []
     for result in results:
@@ -533,7 +533,7 @@ class RunFolder:
 
     @property
     def partial(self) -> Path:
-        """Checkpoints of materials not finished yet (:mod:`generate.checkpoint`), a folder each."""
+        """Checkpoints of materials not finished yet (:mod:`generate.run.checkpoint`), a folder each."""
         return self.root / "partial"
 
     @property
@@ -561,7 +561,7 @@ class RunFolder:
         source into the same settings), and none may drop another's entry."""
         import fcntl
 
-        from generate.atomic import write_json_atomically
+        from generate.run.atomic import write_json_atomically
 
         with open(self.root / ".manifest.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

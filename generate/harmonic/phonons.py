@@ -33,7 +33,7 @@ class HarmonicSettings:
     imaginary_tolerance_THz: float = IMAGINARY_TOLERANCE_THZ
 
     def __post_init__(self):
-        from generate import checks
+        from generate.run import checks
 
         checks.positive(self.supercell_min_length_A, "harmonic.supercell_min_length_A")
         if self.supercell_max_atoms is not None:
@@ -163,7 +163,7 @@ def build_phonopy(atoms: Atoms, settings: HarmonicSettings):
         matrix = np.array(settings.supercell_matrix)
         matrix = np.diag(matrix) if matrix.ndim == 1 else matrix
     elif settings.supercell_max_atoms is not None:
-        from generate.labels import choose_supercell
+        from generate.run.labels import choose_supercell
 
         matrix = choose_supercell(atoms, 0, settings.supercell_max_atoms, None, settings.supercell_min_length_A)
     else:

@@ -138,21 +138,21 @@ class _PhonondbBuilder:
         self.archive = Path(archive)
 
     def __call__(self) -> Atoms:
-        from generate.harmonic import to_ase_atoms
-        from generate.phonon_data import load_phonon_dataset
+        from generate.harmonic.dft_data import load_phonon_dataset
+        from generate.harmonic.phonons import to_ase_atoms
 
         return to_ase_atoms(load_phonon_dataset(self.archive).primitive)
 
     def dft_phonons(self):
         """phonopy object with phonondb's DFT force constants of this crystal (the ground truth of its rows)."""
-        from generate.phonon_data import load_dft_dataset
+        from generate.harmonic.dft_data import load_dft_dataset
 
         return load_dft_dataset(self.archive)
 
 
 def dft_stable(archive: Path, mesh=(8, 8, 8), tolerance_THz: float = 0.1) -> bool:
     """Whether phonondb's DFT phonons have no mode below -``tolerance_THz`` on a Γ-centred mesh."""
-    from generate.phonon_data import load_dft_dataset
+    from generate.harmonic.dft_data import load_dft_dataset
 
     phonon = load_dft_dataset(archive)
     phonon.run_mesh(list(mesh), is_gamma_center=True)

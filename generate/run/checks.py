@@ -94,7 +94,7 @@ def mesh(values, field: str) -> tuple[int, int, int]:
 def supercell_matrix(values, field: str) -> np.ndarray:
     """Three positive integers (diagonal) or a 3x3 integer matrix with a positive determinant above 1.
 
-    The cell itself (determinant 1, e.g. [1, 1, 1]) is refused, as :func:`generate.labels.choose_supercell`
+    The cell itself (determinant 1, e.g. [1, 1, 1]) is refused, as :func:`generate.run.labels.choose_supercell`
     never picks it: it samples Γ alone.
     """
     if _is_list(values) and len(values) == 3 and not any(_is_list(row) for row in values):

@@ -22,7 +22,7 @@ def supercell_phonopy(cell: Atoms, supercell_matrix, primitive_matrix, symprec: 
     SSCHA correction Φ_SSCHA - Φ_harm of the small supercell)."""
     from phonopy import Phonopy
 
-    from generate.harmonic import to_phonopy_atoms
+    from generate.harmonic.phonons import to_phonopy_atoms
 
     phonon = Phonopy(to_phonopy_atoms(cell), supercell_matrix=np.asarray(supercell_matrix),
                      primitive_matrix=np.asarray(primitive_matrix), symprec=symprec)

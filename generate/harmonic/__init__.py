@@ -1,0 +1,1 @@
+"""Harmonic stage: relax, phonopy phonons, DFT phonon data, fidelity, anchoring, reference, embedding, modes."""

@@ -1,0 +1,1 @@
+"""The run: settings, Hydra config, checks, sources, records, checkpoints, the runner and its status."""

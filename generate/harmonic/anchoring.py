@@ -55,6 +55,7 @@ def dft_force_constants(dft_phonon, cell: Atoms, supercell_matrix) -> np.ndarray
     from phonopy import Phonopy
     from phonopy.harmonic.dynmat_to_fc import DynmatToForceConstants
 
+    from generate.harmonic.fidelity import same_setup_phonopy
     from generate.harmonic.phonons import to_phonopy_atoms
 
     primitive = dft_phonon.primitive
@@ -64,8 +65,7 @@ def dft_force_constants(dft_phonon, cell: Atoms, supercell_matrix) -> np.ndarray
         raise AnchoringError("the cell is not the DFT calculation's primitive cell (lattice, positions or species differ)")
     target = Phonopy(to_phonopy_atoms(cell), supercell_matrix=np.asarray(supercell_matrix), primitive_matrix=np.eye(3),
                      symprec=dft_phonon.symmetry.tolerance)
-    short_range = Phonopy(dft_phonon.unitcell, supercell_matrix=dft_phonon.supercell_matrix,
-                          primitive_matrix=dft_phonon.primitive_matrix, symprec=dft_phonon.symmetry.tolerance)
+    short_range = same_setup_phonopy(dft_phonon, dft_phonon.unitcell)
     short_range.force_constants = dft_phonon.force_constants  # no NAC: short-range FC2
     converter = DynmatToForceConstants(target.primitive, target.supercell, is_full_fc=True)
     matrices = []

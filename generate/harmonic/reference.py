@@ -72,10 +72,10 @@ def residual_stress(atoms: Atoms, calculator) -> tuple[float, float]:
 
 def dft_reference(material, atoms: Atoms, loaded, settings) -> HarmonicReference:
     """The anchored route: DFT's geometry and FC2, the potential anchored to it in the SSCHA supercell."""
-    from phonopy import Phonopy
-
     from generate.harmonic.anchoring import anchor, dft_force_constants
-    from generate.harmonic.phonons import phonon_properties, to_phonopy_atoms
+    from generate.harmonic.embedding import supercell_phonopy
+    from generate.harmonic.fidelity import same_setup_phonopy
+    from generate.harmonic.phonons import phonon_properties
     from generate.sscha.supercell import supercell_model, symmetrize_matrix, to_blocks, to_matrix
 
     dft = material.build.dft_phonons()
@@ -88,12 +88,9 @@ def dft_reference(material, atoms: Atoms, loaded, settings) -> HarmonicReference
     fc_dft = symmetrize_matrix(model, to_matrix(dft_force_constants(dft, atoms, matrix)))  # as every SSCHA step
     anchored, evaluations = anchor(loaded.model, model, fc_dft, sscha_settings.displacement_A,
                                    sscha_settings.max_atoms_per_chunk)
-    supercell = Phonopy(to_phonopy_atoms(atoms), supercell_matrix=matrix, primitive_matrix=np.eye(3),
-                        symprec=sscha_settings.symprec)
-    supercell.force_constants = to_blocks(fc_dft)
+    supercell = supercell_phonopy(atoms, matrix, np.eye(3), sscha_settings.symprec, to_blocks(fc_dft))
     harmonic = phonon_properties(supercell, settings.harmonic_in(matrix), evaluations)
-    mesh = Phonopy(dft.unitcell, supercell_matrix=dft.supercell_matrix, primitive_matrix=dft.primitive_matrix,
-                   symprec=dft.symmetry.tolerance)
+    mesh = same_setup_phonopy(dft, dft.unitcell)  # DFT's own supercell, with NAC below
     mesh.force_constants = dft.force_constants
     mesh.nac_params = nac
     large = phonon_properties(mesh, settings.harmonic, 0)

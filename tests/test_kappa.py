@@ -249,26 +249,42 @@ def test_born_charges_switch_on_the_non_analytic_correction(shared):
     assert abs(polar.harmonic.kappa_average_W_mK[0] / plain.harmonic.kappa_average_W_mK[0] - 1) > 1e-3
 
 
-def test_surrogate_fc3_model_matches_atoms_by_position():
-    """SurrogateFC3 evaluates the expansion on structures in any atom order and image (phono3py's supercells)."""
-    from ase.build import bulk
-
+def test_surrogate_fc3_is_the_expansions_third_derivative():
+    """The surrogate's FC3 (its cubic terms, folded) equals phono3py's finite-difference FC3 of the same
+    expansion, in any atom order of the expansion's supercell. A diamond cluster space with random parameters
+    has the crystal's symmetry, which phono3py's solver assumes; its cubic part alone makes the finite
+    differences exact (the force is quadratic in the displacements), so they agree to round-off."""
     from generate.kappa.step import SurrogateFC3
-    from generate.sscha.expansion import ForceConstantExpansion, Monomials
+    from generate.sscha import ForceConstantExpansion, Monomials, SSCHASettings, SurrogateSettings, supercell_model
+    from generate.sscha.surrogate import surrogate_basis
 
-    reference = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
-    rng = np.random.default_rng(1)
-    n = 3 * len(reference)
-    dofs = np.sort(rng.integers(0, n, size=(40, 3)), axis=1)
-    expansion = ForceConstantExpansion(reference, 0.0, [Monomials(dofs=dofs, coefficients=rng.normal(size=40))])
-    atoms = reference.copy()
-    atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-    order = rng.permutation(len(atoms))
-    moved = atoms[order]
-    moved.positions[0] += moved.cell.array[1]
-    model = SurrogateFC3(expansion)
-    (e1,), (f1,) = model.evaluate_structures([atoms])
-    (e2,), (f2,) = model.evaluate_structures([moved])
-    e0, (f0,) = expansion.energies_and_forces((atoms.positions - reference.positions)[None])
-    assert e1 == pytest.approx(e0[0], abs=1e-12) and np.abs(f1 - f0).max() < 1e-12
-    assert e2 == pytest.approx(e1, abs=1e-12) and np.abs(f2 - f1[order]).max() < 1e-12
+    atoms = bulk("Si", "diamond", a=5.43)
+    model = supercell_model(atoms, [2, 2, 2], SSCHASettings())
+    basis = surrogate_basis(atoms, model, SurrogateSettings(cutoffs_A=(3.9, 3.9, 2.4)))
+    parameters = np.random.default_rng(3).normal(size=basis.n_parameters)
+    cubic = [m for m in basis.monomials(parameters) if m.order == 3]
+    assert cubic and len(cubic[0].coefficients) > 0
+    expansion = ForceConstantExpansion(model.atoms, 0.0, cubic)
+
+    ph3 = build_phono3py(atoms, KappaSettings(fc3_supercell_matrix=[2, 2, 2]))
+    ph3.generate_displacements(distance=0.01)
+    perm = supercell_permutation(model.atoms, ph3.supercell)  # phono3py's atom i = the expansion's perm[i]
+    forces = []
+    for cell in ph3.supercells_with_displacements:
+        u = np.zeros((len(perm), 3))
+        u[perm] = cell.positions - ph3.supercell.positions
+        forces.append(expansion.energies_and_forces(u[None])[1][0][perm])
+    ph3.forces = np.array(forces)
+    ph3.produce_fc3()
+    finite_difference = np.asarray(ph3.fc3)  # compact: the primitive sites (p2s_map) first
+    scale = np.abs(finite_difference).max()
+    assert scale > 0
+    np.testing.assert_allclose(SurrogateFC3(expansion).fc3_for(ph3), finite_difference, atol=1e-9 * scale)
+
+    # The expansion's supercell in another atom order (dofs relabelled alike): the same FC3 in phono3py's order.
+    order = np.random.default_rng(4).permutation(len(model.atoms))
+    new_index = np.argsort(order)  # old atom a is new atom new_index[a]
+    relabelled = [Monomials(dofs=np.sort(3 * new_index[m.dofs // 3] + m.dofs % 3, axis=1), coefficients=m.coefficients)
+                  for m in cubic]
+    shuffled = ForceConstantExpansion(model.atoms[order], 0.0, relabelled)
+    np.testing.assert_allclose(SurrogateFC3(shuffled).fc3_for(ph3), finite_difference, atol=1e-9 * scale)

@@ -145,6 +145,26 @@ def fc3_from_potential(ph3, potential, settings: KappaSettings) -> FC3Report:
     )
 
 
+def fc3_from_model(ph3, model) -> FC3Report:
+    """Set ``ph3.fc3`` from an FC3 model's ``fc3_for(ph3)`` (compact, e.g. the surrogate's cubic terms): no evaluations."""
+    start = time.perf_counter()
+    try:
+        ph3.fc3 = model.fc3_for(ph3)
+        ph3.symmetrize_fc3()  # the fit's own symmetry, to round-off; phono3py's finite-difference route does the same
+    except Exception as error:  # noqa: BLE001
+        raise Phono3pyFailure(f"FC3 from the model: {type(error).__name__}: {error}") from error
+    return FC3Report(
+        method="surrogate",
+        supercell_matrix=np.asarray(ph3.supercell_matrix).tolist(),
+        n_supercell_atoms=len(ph3.supercell),
+        cutoff_A=None,
+        n_displacements=0,
+        n_potential_evaluations=0,
+        potential_wall_time_s=0.0,
+        fit_wall_time_s=time.perf_counter() - start,
+    )
+
+
 def harmonic_fc2_from_potential(ph3, potential, settings: KappaSettings) -> tuple[np.ndarray, int]:
     """Harmonic FC2 in phono3py's phonon supercell by finite displacements; returns (FC2, evaluations)."""
     ph3.generate_fc2_displacements(distance=settings.fc2_displacement_A)

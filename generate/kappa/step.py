@@ -16,22 +16,20 @@ from generate.kappa.transport import compute_kappa
 
 
 class SurrogateFC3:
-    """The SSCHA's fitted expansion as a force model for FC3 (``kappa.fc3_method: surrogate``): the compressive-
-    sensing fit's cubic terms at no potential evaluation. Atoms are matched to its reference supercell by position."""
+    """FC3 from the SSCHA's fitted expansion (``kappa.fc3_method: surrogate``): the compressive-sensing fit's
+    cubic terms, exactly, at no potential evaluation and without phono3py's finite-difference solver. The
+    expansion is folded onto the SSCHA supercell, as finite displacements in that supercell would see it."""
 
     def __init__(self, expansion):
         self.expansion = expansion
 
-    def evaluate_structures(self, structures) -> tuple[np.ndarray, np.ndarray]:
-        from generate.harmonic.anchoring import match_sites
+    def fc3_for(self, ph3) -> np.ndarray:
+        """Compact FC3 (primitive sites, N, N, 3, 3, 3) in ``ph3``'s supercell order (atoms matched by position)."""
+        from generate.kappa.force_constants import supercell_permutation
 
-        reference = self.expansion.reference_atoms
-        matched = [match_sites(reference, atoms) for atoms in structures]
-        displacements = np.zeros((len(structures), len(reference), 3))
-        for k, (sites, u) in enumerate(matched):
-            displacements[k, sites] = u
-        energies, forces = self.expansion.energies_and_forces(displacements)
-        return energies, np.array([f[sites] for f, (sites, _) in zip(forces, matched, strict=True)])
+        perm = supercell_permutation(self.expansion.reference_atoms, ph3.supercell)  # target i = source perm[i]
+        rows = self.expansion.third_derivatives(perm[np.asarray(ph3.primitive.p2s_map)])
+        return np.ascontiguousarray(rows[:, perm][:, :, perm])
 
 
 def settings_from_dict(values: Mapping | None) -> KappaSettings:
@@ -66,12 +64,13 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
     settings = settings_from_dict(values)
     expansions = [r.expansion for r in results if getattr(r, "expansion", None) is not None]
     fc3_source = "potential, finite displacements" if settings.fc3_method != "random_fit" else "potential, symfc random fit"
+    fc3 = None
     if settings.fc3_method == "surrogate":
-        settings = replace(settings, fc3_method="finite_displacement")
+        settings = replace(settings, fc3_method="finite_displacement")  # where no SSCHA result has an expansion
         if expansions:  # the last fit: refits at later temperatures only add configurations
-            model, fc3_source = SurrogateFC3(expansions[-1]), "surrogate expansion, finite displacements"
+            fc3, fc3_source = SurrogateFC3(expansions[-1]), "surrogate expansion, cubic terms"
     result = compute_kappa(
-        cell, model, settings,
+        cell, model, settings, fc3=fc3,
         fc2_renormalized={float(r.temperature_K): r.force_constants_eV_A2 for r in chosen},
         fc2_supercell=chosen[0].supercell,
         fc2_harmonic=chosen[0].harmonic_force_constants_eV_A2,

@@ -11,6 +11,7 @@ from ase import Atoms
 
 from generate.kappa.force_constants import (
     build_phono3py,
+    fc3_from_model,
     fc3_from_potential,
     harmonic_fc2_from_potential,
     reorder_fc2,
@@ -287,6 +288,7 @@ def compute_kappa(
     fc2_supercell: Atoms | None = None,
     fc2_harmonic: np.ndarray | None = None,
     nac_params: dict | None = None,
+    fc3=None,
 ) -> KappaResult:
     """κ of ``atoms`` (relaxed) with a matgl Potential or an ASE calculator, harmonic and renormalized.
 
@@ -296,7 +298,8 @@ def compute_kappa(
     phono3py's phonon supercell. Without it the arrays must already be in phono3py's order for
     ``settings.fc2_supercell_matrix``. ``fc2_harmonic`` (same order) skips the harmonic finite
     displacements (e.g. ``SSCHAResult.harmonic_force_constants_eV_A2``). ``nac_params``: phonopy's
-    {"born", "dielectric", "factor"} for the non-analytic correction.
+    {"born", "dielectric", "factor"} for the non-analytic correction. ``fc3``: an FC3 model with
+    ``fc3_for(ph3)`` (:class:`generate.kappa.step.SurrogateFC3`) instead of finite displacements of ``potential``.
 
     A phono3py failure while fitting FC3 or computing κ is returned as ``status="failed"`` with the
     reason; bad input (shapes, lattices, unknown elements) raises.
@@ -329,7 +332,7 @@ def compute_kappa(
         fc2_harmonic, evaluations = harmonic_fc2_from_potential(ph3, potential, settings)
     log.info("FC3 (%s) in the %d-atom supercell", settings.fc3_method, len(ph3.supercell))
     try:
-        report = fc3_from_potential(ph3, potential, settings)
+        report = fc3_from_potential(ph3, potential, settings) if fc3 is None else fc3_from_model(ph3, fc3)
     except Phono3pyFailure as error:
         return _failed(settings, str(error), None, evaluations, start)
     evaluations += report.n_potential_evaluations

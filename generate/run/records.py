@@ -147,7 +147,8 @@ def _compute_rows(material: Material, settings: GeneratorSettings, device: str, 
     harmonic_super = results[0].harmonic_supercell_frequencies_THz
     ren_meshes = _stage("embedding", _embedded_meshes, cell, matrix, harmonic, large, results, symprec)
 
-    kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results, reference.nac_params)
+    kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results, reference.nac_params,
+                    in_audit_sample(material.material_id, settings.audit_every))
     matched = _stage("modes", _matched_modes, cell, matrix, harmonic, results, symprec)
     classical = [_stage("classical", classical_sigma_A, cell, matrix, model, r, one, settings.classical_sigma_A_configurations)
                  for r, one in zip(results, settings.sscha, strict=True)]
@@ -482,21 +483,27 @@ def _spacegroup_number_symbol(atoms, symprec: float) -> tuple[int, str]:
     return int(data.number), str(data.international)
 
 
-def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, results, nac_params=None) -> list[dict]:
-    """κ columns per temperature: computed when enabled and generate.kappa exists, else null with the reason."""
+def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, results, nac_params=None,
+                   audited: bool = False) -> list[dict]:
+    """κ columns per temperature: computed when enabled and generate.kappa exists, else null with the reason.
+    ``audited`` (the audit sample) with ``kappa.fc3_method: surrogate``: κ again with the potential's
+    finite-displacement FC3, in the audit columns."""
     cfg = settings.kappa
+    columns = [{**_null_kappa("not computed: kappa disabled in the generation settings"), **AUDIT_KAPPA} for _ in results]
     if not cfg.get("enabled", False):
-        return [_null_kappa("not computed: kappa disabled in the generation settings") for _ in results]
+        return columns
     try:
         from generate import kappa as kappa_module
     except ImportError:
-        return [_null_kappa("not computed: generate.kappa is not available in this installation") for _ in results]
+        return [{**_null_kappa("not computed: generate.kappa is not available in this installation"), **AUDIT_KAPPA}
+                for _ in results]
     # Contract with generate.kappa: pipeline_kappa_columns(cell, supercell_matrix, model, harmonic result,
     # SSCHA results (one per temperature), kappa settings) -> one dict of the four κ columns per temperature,
     # with kappa_null_reason set where κ could not be computed (e.g. harmonically unstable).
     adapter = getattr(kappa_module, "pipeline_kappa_columns", None)
     if adapter is None:
-        return [_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point") for _ in results]
+        return [{**_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point"), **AUDIT_KAPPA}
+                for _ in results]
     values = {**cfg, "symprec": settings.harmonic.symprec, "imaginary_tolerance_THz": settings.harmonic.imaginary_tolerance_THz}
     inputs = (cell, np.asarray(matrix), values, np.asarray(harmonic.phonon.force_constants),
               [(r.temperature_K, r.force_constants_eV_A2) for r in results])
@@ -504,8 +511,18 @@ def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, 
         inputs = (*inputs, {k: np.asarray(v).tolist() for k, v in nac_params.items()})
     # FC3 is the plain potential's at the rows' geometry (its residual forces subtracted): the anchoring only
     # changes the quadratic part, so the anchored potential's FC3 is the same.
-    return active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, values,
-                                                                        nac_params=nac_params))
+    kappas = active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, values,
+                                                                          nac_params=nac_params))
+    if not (audited and values.get("fc3_method") == "surrogate"):
+        return [{**k, **AUDIT_KAPPA} for k in kappas]
+    verified = {**values, "fc3_method": "finite_displacement"}
+    checks = active_checkpoints().cached("kappa_audit", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results,
+                                                                                verified, nac_params=nac_params))
+    return [{**k, "audit_kappa_harmonic_fd_W_mK": c["kappa_harmonic_W_mK"],
+             "audit_kappa_renormalized_fd_W_mK": c["kappa_renormalized_W_mK"]} for k, c in zip(kappas, checks, strict=True)]
+
+
+AUDIT_KAPPA = {"audit_kappa_harmonic_fd_W_mK": None, "audit_kappa_renormalized_fd_W_mK": None}
 
 
 def _null_kappa(reason: str) -> dict:

@@ -179,6 +179,31 @@ class ForceConstantExpansion(Calculator):
                     hessian += pair + pair.T
         return float(energy), gradient, hessian
 
+    def third_derivatives(self, atoms: np.ndarray) -> np.ndarray:
+        """∂³V/∂u_iα∂u_jβ∂u_kγ (eV/Å³) for i in ``atoms``: (len(atoms), N, N, 3, 3, 3), phono3py's compact FC3 layout
+        when ``atoms`` are the primitive cell's sites. A monomial c·Π u over dofs (a, b, c) gives c times the
+        product of the factorials of its repeated dofs (c·u_a²u_b: ∂³/∂a∂a∂b = 2c), in every permutation."""
+        from itertools import permutations
+
+        n = len(self.reference)
+        atoms = np.asarray(atoms, dtype=int)
+        row_of = np.full(n, -1)
+        row_of[atoms] = np.arange(len(atoms))
+        out = np.zeros((len(atoms), n, n, 3, 3, 3))
+        for monomials in self.higher:
+            if monomials.order != 3:
+                continue
+            dofs = monomials.dofs
+            first, second, third = dofs.T
+            repeats = np.where((first == second) & (second == third), 6.0,
+                               np.where((first == second) | (second == third), 2.0, 1.0))  # sorted rows
+            values = monomials.coefficients * repeats
+            for order in permutations(range(3)):
+                a, b, c = dofs[:, order].T
+                keep = row_of[a // 3] >= 0
+                out[row_of[a[keep] // 3], b[keep] // 3, c[keep] // 3, a[keep] % 3, b[keep] % 3, c[keep] % 3] = values[keep]
+        return out
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         energies, forces = self.energies_and_forces((self.atoms.positions - self.reference)[None])

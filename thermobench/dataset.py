@@ -146,8 +146,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("audit_max_frequency_difference_THz", "float64", "THz", "audit sample (every audit.every-th material by id hash): largest difference between this row's sorted supercell frequencies and those of the direct engine run to audit.frequency_error_target_THz on the same potential; null outside the sample", True),
     Column("audit_frequency_difference_error_THz", "float64", "THz", "stochastic error of that difference (both runs' errors combined, at the mode of the largest difference); null outside the audit sample", True),
     Column("audit_sigma_A_difference", "float64", "", "σᴬ of this row minus the audit's direct run's; null outside the audit sample", True),
-    Column("audit_kappa_harmonic_fd_W_mK", "float64", "W/(m·K)", "audit sample, κ from the surrogate's FC3 (kappa.fc3_method: surrogate): κ_harm again with the potential's finite-displacement FC3; null elsewhere", True),
-    Column("audit_kappa_renormalized_fd_W_mK", "float64", "W/(m·K)", "audit sample: κ_ren with the potential's finite-displacement FC3; null elsewhere", True),
+    Column("audit_kappa_harmonic_other_fc3_W_mK", "float64", "W/(m·K)", "audit sample: κ_harm again with the other FC3 (the SSCHA surrogate's cubic terms where kappa_fc3_source is the potential's finite displacements, and the reverse); null elsewhere", True),
+    Column("audit_kappa_renormalized_other_fc3_W_mK", "float64", "W/(m·K)", "audit sample: κ_ren with that other FC3; null elsewhere", True),
+    Column("audit_kappa_other_fc3_source", "string", "", "audit sample: where that other FC3 came from (as kappa_fc3_source); null elsewhere", True),
     Column("verified_relative_force_error", "float64", "", "the surrogate's force error (rmse / rms) against the potential on a fresh verification ensemble of the final auxiliary system; null when the row came from the direct engine (every force from the potential)", True),
     Column("sscha_wall_time_s", "float64", "s", "wall time of the SSCHA at this temperature"),
     Column("material_wall_time_s", "float64", "s", "wall time of the whole material (all temperatures)"),
@@ -172,7 +173,8 @@ ADDED_IN_2_0 = (
 ADDED_IN_2_1 = (
     "harmonic_reference", "nac_applied", "potential_residual_max_force_eV_A", "potential_residual_pressure_GPa",
     "verified_relative_force_error", "audit_max_frequency_difference_THz", "audit_frequency_difference_error_THz",
-    "audit_sigma_A_difference", "kappa_fc3_source", "audit_kappa_harmonic_fd_W_mK", "audit_kappa_renormalized_fd_W_mK",
+    "audit_sigma_A_difference", "kappa_fc3_source", "audit_kappa_harmonic_other_fc3_W_mK",
+    "audit_kappa_renormalized_other_fc3_W_mK", "audit_kappa_other_fc3_source",
 )
 SCHEMAS = {
     "1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0 + ADDED_IN_2_1),

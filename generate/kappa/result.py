@@ -77,6 +77,7 @@ class FC3Report:
     n_potential_evaluations: int
     potential_wall_time_s: float
     fit_wall_time_s: float  # FC3 solver (phono3py's finite differences or symfc)
+    solver: str = "phono3py"  # phono3py | symfc | none (FC3 given by a model)
 
     @property
     def wall_time_s(self) -> float:

@@ -486,8 +486,8 @@ def _spacegroup_number_symbol(atoms, symprec: float) -> tuple[int, str]:
 def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, results, nac_params=None,
                    audited: bool = False) -> list[dict]:
     """κ columns per temperature: computed when enabled and generate.kappa exists, else null with the reason.
-    ``audited`` (the audit sample) with ``kappa.fc3_method: surrogate``: κ again with the potential's
-    finite-displacement FC3, in the audit columns."""
+    ``audited`` (the audit sample): κ again with the other FC3 (the surrogate's cubic terms where the rows use the
+    potential's finite displacements, and the reverse), in the audit columns."""
     cfg = settings.kappa
     columns = [{**_null_kappa("not computed: kappa disabled in the generation settings"), **AUDIT_KAPPA} for _ in results]
     if not cfg.get("enabled", False):
@@ -513,16 +513,20 @@ def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, 
     # changes the quadratic part, so the anchored potential's FC3 is the same.
     kappas = active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, values,
                                                                           nac_params=nac_params))
-    if not (audited and values.get("fc3_method") == "surrogate"):
+    other = {"surrogate": "finite_displacement", "finite_displacement": "surrogate"}.get(values.get("fc3_method"))
+    if other == "surrogate" and not any(getattr(r, "expansion", None) is not None for r in results):
+        other = None  # the direct engine fitted no expansion
+    if not (audited and other):
         return [{**k, **AUDIT_KAPPA} for k in kappas]
-    verified = {**values, "fc3_method": "finite_displacement"}
-    checks = active_checkpoints().cached("kappa_audit", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results,
-                                                                                verified, nac_params=nac_params))
-    return [{**k, "audit_kappa_harmonic_fd_W_mK": c["kappa_harmonic_W_mK"],
-             "audit_kappa_renormalized_fd_W_mK": c["kappa_renormalized_W_mK"]} for k, c in zip(kappas, checks, strict=True)]
+    checks = active_checkpoints().cached("kappa_audit", inputs, lambda: adapter(
+        cell, matrix, loaded.model, harmonic, results, {**values, "fc3_method": other}, nac_params=nac_params))
+    return [{**k, "audit_kappa_harmonic_other_fc3_W_mK": c["kappa_harmonic_W_mK"],
+             "audit_kappa_renormalized_other_fc3_W_mK": c["kappa_renormalized_W_mK"],
+             "audit_kappa_other_fc3_source": c["kappa_fc3_source"]} for k, c in zip(kappas, checks, strict=True)]
 
 
-AUDIT_KAPPA = {"audit_kappa_harmonic_fd_W_mK": None, "audit_kappa_renormalized_fd_W_mK": None}
+AUDIT_KAPPA = {"audit_kappa_harmonic_other_fc3_W_mK": None, "audit_kappa_renormalized_other_fc3_W_mK": None,
+               "audit_kappa_other_fc3_source": None}
 
 
 def _null_kappa(reason: str) -> dict:

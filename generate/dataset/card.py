@@ -310,6 +310,16 @@ def anchored_fidelity(materials: list[dict], rows: list[dict]) -> str:
                      f"{worst['temperature_K']:.0f} K, stochastic error {worst['audit_frequency_difference_error_THz']:.3f} THz), "
                      f"median {_median([r['audit_max_frequency_difference_THz'] for r in audited])} THz; median |Δσᴬ| "
                      f"{_median([abs(r['audit_sigma_A_difference']) for r in audited])}.")
+    other = [r for r in audited if r.get("audit_kappa_harmonic_other_fc3_W_mK") and r.get("kappa_harmonic_W_mK")
+             and r.get("audit_kappa_renormalized_other_fc3_W_mK") is not None and r.get("kappa_ratio") is not None]
+    if other:
+        harmonic = [r["kappa_harmonic_W_mK"] / r["audit_kappa_harmonic_other_fc3_W_mK"] for r in other]
+        ratio = [r["kappa_ratio"] * r["audit_kappa_harmonic_other_fc3_W_mK"] / r["audit_kappa_renormalized_other_fc3_W_mK"]
+                 for r in other]
+        lines.append(f"κ with the other FC3 ({other[0]['audit_kappa_other_fc3_source']}) on {len(other)} audited rows: "
+                     f"κ_harm of the rows over it, geometric mean {float(np.exp(np.mean(np.log(harmonic)))):.2f} (range "
+                     f"{min(harmonic):.2f}–{max(harmonic):.2f}); κ ratio {float(np.exp(np.mean(np.log(ratio)))):.3f} "
+                     f"(range {min(ratio):.3f}–{max(ratio):.3f}).")
     return "\n".join(lines)
 
 

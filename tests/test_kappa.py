@@ -209,6 +209,14 @@ def test_pipeline_columns_with_sscha_results():
     only_300 = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0]})
     assert only_300[0] == pytest.approx(rows[0])
     assert only_300[1]["kappa_ratio"] is None and "kappa.temperatures_K = [300.0]" in only_300[1]["kappa_null_reason"]
+    # A distorted crystal (a centroid 0.6 Å off its site, past the 0.3 Å matching tolerance): null κ with the reason
+    from dataclasses import replace
+
+    moved = results[0].supercell.copy()
+    moved.positions[0] += [0.6, 0.0, 0.0]
+    distorted = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, [replace(results[0], supercell=moved)],
+                                       {**cfg, "temperatures_K": [300.0]})
+    assert distorted[0]["kappa_ratio"] is None and "centroids left the cell's sites" in distorted[0]["kappa_null_reason"]
 
 
 def test_cli_writes_json(tmp_path):

@@ -189,6 +189,10 @@ def harmonic_fc2_from_potential(ph3, potential, settings: KappaSettings) -> tupl
     return np.array(ph3.fc2), len(structures)
 
 
+class SitesNotMatchedError(ValueError):
+    """The FC2 supercell's atoms are not within tolerance of phono3py's sites (e.g. SSCHA centroids of a distorted crystal)."""
+
+
 def supercell_permutation(source: Atoms, target, tolerance_A: float = 0.3) -> np.ndarray:
     """perm with target atom i = source atom perm[i] (same periodic lattice, positions matched modulo it).
 
@@ -207,7 +211,7 @@ def supercell_permutation(source: Atoms, target, tolerance_A: float = 0.3) -> np
     perm = distance.argmin(axis=1)
     worst = distance[np.arange(len(perm)), perm].max()
     if worst > tolerance_A or len(set(perm.tolist())) != len(perm):
-        raise ValueError(f"cannot match the FC2 supercell's atoms to phono3py's (worst distance {worst:.3f} Å)")
+        raise SitesNotMatchedError(f"cannot match the FC2 supercell's atoms to phono3py's (worst distance {worst:.3f} Å)")
     if list(source.get_chemical_symbols()[k] for k in perm) != list(target.symbols):
         raise ValueError("matched FC2 supercell atoms have different species")
     return perm

@@ -9,6 +9,7 @@ import numpy as np
 from ase import Atoms
 
 from generate.kappa.result import KappaSettings
+from generate.kappa.force_constants import SitesNotMatchedError
 from generate.kappa.transport import compute_kappa
 
 # ----------------------------------------------------------------------------------------------
@@ -69,13 +70,17 @@ def pipeline_kappa_columns(cell: Atoms, supercell_matrix, model, harmonic, resul
         settings = replace(settings, fc3_method="finite_displacement")  # where no SSCHA result has an expansion
         if expansions:  # the last fit: refits at later temperatures only add configurations
             fc3, fc3_source = SurrogateFC3(expansions[-1]), "surrogate expansion, cubic terms"
-    result = compute_kappa(
-        cell, model, settings, fc3=fc3,
-        fc2_renormalized={float(r.temperature_K): r.force_constants_eV_A2 for r in chosen},
-        fc2_supercell=chosen[0].supercell,
-        fc2_harmonic=chosen[0].harmonic_force_constants_eV_A2,
-        nac_params=None if nac_params is None else dict(nac_params),
-    )
+    try:
+        result = compute_kappa(
+            cell, model, settings, fc3=fc3,
+            fc2_renormalized={float(r.temperature_K): r.force_constants_eV_A2 for r in chosen},
+            fc2_supercell=chosen[0].supercell,
+            fc2_harmonic=chosen[0].harmonic_force_constants_eV_A2,
+            nac_params=None if nac_params is None else dict(nac_params),
+        )
+    except SitesNotMatchedError as error:  # before any FC3 work: the SSCHA centroids left the cell's sites
+        reason = f"not computed: {error}: the SSCHA centroids left the cell's sites (a distorted structure)"
+        return [{**skipped, "kappa_null_reason": reason} if any(r is c for c in chosen) else dict(skipped) for r in results]
     harmonic_kappa = (result.harmonic.kappa_average_W_mK if result.harmonic else None) or [None] * len(chosen)
     renormalized_kappa = (result.renormalized.kappa_average_W_mK if result.renormalized else None) or [None] * len(chosen)
     by_temperature = {}  # the SSCHA temperatures of one material are distinct

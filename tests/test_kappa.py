@@ -299,13 +299,14 @@ def test_surrogate_fc3_is_the_expansions_third_derivative():
 
 
 def test_cutoff_fc3_by_symfc_matches_phono3pys_own_solver():
-    """With a pair cutoff, FC3 comes from symfc (phono3py's own solver completes the cut pairs in an O(N³) Python
-    loop): the same displacements of EMT copper (27 atoms, 4 Å) through both independent solvers give κ within 3 %.
-    They differ only beyond the cutoff (symfc drops those triplets); measured 0.4 % here, 1.3 % on CsBr (128 atoms)."""
+    """With a pair cutoff that fits in the supercell, FC3 comes from symfc (phono3py's own solver completes the cut
+    pairs in an O(N³) Python loop): the same displacements of EMT copper (64 atoms, 4 Å) through both independent
+    solvers give κ within 3 %. They differ only beyond the cutoff (symfc drops those triplets); 1.3 % on CsBr
+    (128 atoms). Where the cutoff sphere does not fit (27 atoms), phono3py's solver is used."""
     from generate.kappa.force_constants import fc3_from_potential
 
-    settings = KappaSettings(fc3_supercell_matrix=[3, 3, 3], fc3_cutoff_A=4.0, q_mesh=(8, 8, 8), temperatures_K=(300.0,))
-    ph3 = build_phono3py(bulk("Cu", "fcc", a=3.59), settings)
+    settings = KappaSettings(fc3_supercell_matrix=[4, 4, 4], fc3_cutoff_A=4.0, q_mesh=(8, 8, 8), temperatures_K=(300.0,))
+    ph3 = build_phono3py(bulk("Cu", "fcc", a=3.59), settings)  # planes 8.3 Å apart: the 4 Å sphere fits
     fc2, _ = harmonic_fc2_from_potential(ph3, EMT(), settings)
     report = fc3_from_potential(ph3, EMT(), settings)
     assert report.solver == "symfc" and report.n_displacements > 0
@@ -314,3 +315,5 @@ def test_cutoff_fc3_by_symfc_matches_phono3pys_own_solver():
     ph3.symmetrize_fc3()
     by_phono3py = kappa_from_phono3py(ph3, settings, fc2_harmonic=fc2).harmonic.kappa_average_W_mK[0]
     assert by_symfc == pytest.approx(by_phono3py, rel=0.03)
+    small = build_phono3py(bulk("Cu", "fcc", a=3.59), KappaSettings(fc3_supercell_matrix=[3, 3, 3], fc3_cutoff_A=4.0))
+    assert fc3_from_potential(small, EMT(), settings).solver == "phono3py"

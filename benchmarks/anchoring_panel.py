@@ -116,12 +116,12 @@ def summarize(label: str, runs: dict, ids: list[str], audit_every: int = 0) -> d
         "materials_per_core_hour": 3600 * len(ok) / max(sum(compute), 1e-9),
         # the audit's direct runs are part of an audited material's cost; the default audits 1 in 20, the panel 1 in 4
         "core_seconds_per_unaudited_material_mean": float(np.mean(unaudited)) if (unaudited := [
-            cost_s(r) for r in ok.values() if all(x.get("audit_max_frequency_difference_THz") is None for x in r["rows"])])
+            cost_s(r) for r in ok.values() if not audited(r, audit_every)])
             else None,
         # the route's own throughput: the materials outside the audit sample, their failures' cost included
         "materials_per_core_hour_unaudited": 3600 * sum(r["status"] == "ok" for r in outside) / max(sum(map(cost_s, outside)), 1e-9)
         if (outside := [r for r in attempted if not audited(r, audit_every)]) else None,
-        "n_audited": int(sum(any(x.get("audit_max_frequency_difference_THz") is not None for x in r["rows"]) for r in ok.values())),
+        "n_audited": int(sum(audited(r, audit_every) for r in ok.values())),
         **fc3_agreement(at300.values()),
     }
 

@@ -136,21 +136,19 @@ def fc3_from_potential(ph3, potential, settings: KappaSettings) -> FC3Report:
         # (CsBr 128 atoms 1.3 %); past it they truncate images differently (rutile SnO2, 72 atoms: κ 58 vs 105 W/mK).
         solver = "symfc" if method == "random_fit" or (cutoff is not None and cutoff < 0.5 * plane_spacing_A(ph3.supercell)) \
             else "phono3py"
-        if solver == "phono3py":
-            ph3.produce_fc3()
-            ph3.symmetrize_fc3()
-        elif method == "finite_displacement":
+        if method == "random_fit":
+            options = None if cutoff is None else f"cutoff = {cutoff}"
+            ph3.produce_fc3(fc_calculator="symfc", fc_calculator_options=options)
+        elif solver == "symfc":
             # The same pair displacements solved by symfc within the same cutoff: phono3py's own solver completes the
             # cut pairs in an O(N³) Python loop (22 s on a 128-atom cell, symfc 1.3 s).
             try:
                 ph3.produce_fc3(fc_calculator="symfc", fc_calculator_options=f"cutoff = {cutoff}")
             except Exception:  # noqa: BLE001 - symfc finds no basis where the cutoff wraps a tiny cell
                 solver = "phono3py"
-                ph3.produce_fc3()
-                ph3.symmetrize_fc3()
-        else:
-            options = None if cutoff is None else f"cutoff = {cutoff}"
-            ph3.produce_fc3(fc_calculator="symfc", fc_calculator_options=options)
+        if solver == "phono3py":
+            ph3.produce_fc3()
+            ph3.symmetrize_fc3()
     except Exception as error:  # noqa: BLE001
         raise Phono3pyFailure(f"FC3 solver ({method}): {type(error).__name__}: {error}") from error
     return FC3Report(

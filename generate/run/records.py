@@ -489,21 +489,18 @@ def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, 
     ``audited`` (the audit sample): κ again with the other FC3 (the surrogate's cubic terms where the rows use the
     potential's finite displacements, and the reverse), in the audit columns."""
     cfg = settings.kappa
-    columns = [{**_null_kappa("not computed: kappa disabled in the generation settings"), **AUDIT_KAPPA} for _ in results]
     if not cfg.get("enabled", False):
-        return columns
+        return [_null_kappa("not computed: kappa disabled in the generation settings") for _ in results]
     try:
         from generate import kappa as kappa_module
     except ImportError:
-        return [{**_null_kappa("not computed: generate.kappa is not available in this installation"), **AUDIT_KAPPA}
-                for _ in results]
+        return [_null_kappa("not computed: generate.kappa is not available in this installation") for _ in results]
     # Contract with generate.kappa: pipeline_kappa_columns(cell, supercell_matrix, model, harmonic result,
     # SSCHA results (one per temperature), kappa settings) -> one dict of the four κ columns per temperature,
     # with kappa_null_reason set where κ could not be computed (e.g. harmonically unstable).
     adapter = getattr(kappa_module, "pipeline_kappa_columns", None)
     if adapter is None:
-        return [{**_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point"), **AUDIT_KAPPA}
-                for _ in results]
+        return [_null_kappa("not computed: generate.kappa has no pipeline_kappa_columns entry point") for _ in results]
     values = {**cfg, "symprec": settings.harmonic.symprec, "imaginary_tolerance_THz": settings.harmonic.imaginary_tolerance_THz}
     inputs = (cell, np.asarray(matrix), values, np.asarray(harmonic.phonon.force_constants),
               [(r.temperature_K, r.force_constants_eV_A2) for r in results])
@@ -531,7 +528,7 @@ AUDIT_KAPPA = {"audit_kappa_harmonic_other_fc3_W_mK": None, "audit_kappa_renorma
 
 def _null_kappa(reason: str) -> dict:
     return {"kappa_harmonic_W_mK": None, "kappa_renormalized_W_mK": None, "kappa_ratio": None, "kappa_null_reason": reason,
-            "kappa_fc3_source": None}
+            "kappa_fc3_source": None, **AUDIT_KAPPA}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -242,9 +242,12 @@ def test_card_counts_the_anchored_rows_from_their_own_columns():
                    at_stabilization_floor=floor, mean_relative_frequency_shift=shift,
                    audit_max_frequency_difference_THz=audit, audit_frequency_difference_error_THz=audit and 0.01,
                    audit_sigma_A_difference=audit and 0.001)
-        if audit:  # κ 10 / ratio 1.2 with the rows' FC3, 20 / 1.5 with the other one
+        if audit:  # κ 10 / ratio 1.2 with the rows' FC3, 20 / 1.5 with the other one; 8 / 1.25 on the reference mesh
             row.update(kappa_harmonic_W_mK=10.0, kappa_ratio=1.2, audit_kappa_harmonic_other_fc3_W_mK=20.0,
-                       audit_kappa_renormalized_other_fc3_W_mK=30.0, audit_kappa_other_fc3_source="surrogate expansion, cubic terms")
+                       audit_kappa_renormalized_other_fc3_W_mK=30.0, audit_kappa_other_fc3_source="surrogate expansion, cubic terms",
+                       audit_kappa_harmonic_reference_mesh_W_mK=8.0, audit_kappa_renormalized_reference_mesh_W_mK=10.0)
+        else:
+            row.update(audit_kappa_harmonic_reference_mesh_W_mK=None, audit_kappa_renormalized_reference_mesh_W_mK=None)
         rows.append(row)
     text = anchored_fidelity(rows, rows)
     assert "3 materials are anchored" in text and "| test | 3 | 1.500 | 1.500 |" in text
@@ -254,3 +257,4 @@ def test_card_counts_the_anchored_rows_from_their_own_columns():
     assert "Audit (1 materials, 1 rows)" in text and "at most 0.020 THz" in text
     assert "(surrogate expansion, cubic terms) on 1 audited rows" in text and "geometric mean 0.50" in text
     assert "κ ratio 0.800" in text
+    assert "1 audited rows: |Δκ_harm| median 25.0%, largest 25.0%; |Δ(κ ratio)| median 4.0%" in text

@@ -200,7 +200,9 @@ def test_pipeline_columns_with_sscha_results():
     assert len(rows) == 2
     for row in rows:
         assert set(row) == {"kappa_harmonic_W_mK", "kappa_renormalized_W_mK", "kappa_ratio", "kappa_null_reason",
-                            "kappa_fc3_source"}
+                            "kappa_fc3_source", "audit_kappa_harmonic_reference_mesh_W_mK",
+                            "audit_kappa_renormalized_reference_mesh_W_mK"}
+        assert row["audit_kappa_harmonic_reference_mesh_W_mK"] is None  # no reference mesh asked for
         assert row["kappa_null_reason"] is None and row["kappa_fc3_source"] == "potential, finite displacements"
         assert row["kappa_ratio"] == pytest.approx(row["kappa_renormalized_W_mK"] / row["kappa_harmonic_W_mK"])
         assert 0.2 < row["kappa_ratio"] < 5
@@ -209,6 +211,19 @@ def test_pipeline_columns_with_sscha_results():
     only_300 = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0]})
     assert only_300[0] == pytest.approx(rows[0])
     assert only_300[1]["kappa_ratio"] is None and "kappa.temperatures_K = [300.0]" in only_300[1]["kappa_null_reason"]
+    # The audit's reference mesh reuses the Phono3py object and its FC3: its κ is the one a fresh run on that mesh
+    # gives (phono3py keeps per-mesh state; a stale interaction would show here), and the rows' κ is unchanged.
+    # A length of 14.5 Å is 7 points along each reciprocal vector of fcc Cu (|b| = √3 / 3.59 Å⁻¹): the same mesh.
+    audited = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0]},
+                                     reference_q_mesh=[7, 7, 7])
+    fresh = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results,
+                                   {**cfg, "temperatures_K": [300.0], "q_mesh": 14.5})
+    assert audited[0]["kappa_harmonic_W_mK"] == pytest.approx(rows[0]["kappa_harmonic_W_mK"], rel=1e-10)
+    assert audited[0]["audit_kappa_harmonic_reference_mesh_W_mK"] == pytest.approx(fresh[0]["kappa_harmonic_W_mK"], rel=1e-10)
+    assert audited[0]["audit_kappa_renormalized_reference_mesh_W_mK"] == pytest.approx(fresh[0]["kappa_renormalized_W_mK"],
+                                                                                       rel=1e-10)
+    assert audited[0]["audit_kappa_harmonic_reference_mesh_W_mK"] != pytest.approx(rows[0]["kappa_harmonic_W_mK"], rel=1e-6)
+    assert audited[1]["audit_kappa_harmonic_reference_mesh_W_mK"] is None  # 800 K: no κ at all
     # A distorted crystal (a centroid 0.6 Å off its site, past the 0.3 Å matching tolerance): null κ with the reason
     from dataclasses import replace
 

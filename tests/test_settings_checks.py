@@ -83,6 +83,8 @@ def test_sscha_refuses_bad_settings_before_any_work(args, message, tmp_path, mon
         (["temperatures_K=[300,300]"], r"temperatures_K = \[300(\.0)?, 300(\.0)?\] lists 300 K more than once"),
         (["temperatures_K=[100,300,100]"], "lists 100 K more than once"),
         (["harmonic.q_mesh=[0,0,0]"], r"harmonic.q_mesh\[0\] must be > 0"),
+        (["kappa=rta", "kappa.q_mesh=-30"], r"kappa.q_mesh expects three positive integers .* or a length in Å"),
+        (["audit.kappa_q_mesh=[11,11]"], r"audit.kappa_q_mesh expects a list of three positive integers"),
         (["sscha.quantum=false", "temperatures_K=[0.0,300.0]"], "0 K with classical statistics"),
         (["relax.optimizer=NoSuchOptimizer"], "relax.optimizer 'NoSuchOptimizer' is not an ASE optimizer"),
     ],

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 EMBEDDED = {"thermobench-mini": DATA_DIR / "thermobench-mini", "thermobench-0.2": DATA_DIR / "thermobench-0.2"}
 CONFIGS = ("random", "ood")
@@ -149,6 +149,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("audit_kappa_harmonic_other_fc3_W_mK", "float64", "W/(m·K)", "audit sample: κ_harm again with the other FC3 (the SSCHA surrogate's cubic terms where kappa_fc3_source is the potential's finite displacements, and the reverse); null elsewhere", True),
     Column("audit_kappa_renormalized_other_fc3_W_mK", "float64", "W/(m·K)", "audit sample: κ_ren with that other FC3; null elsewhere", True),
     Column("audit_kappa_other_fc3_source", "string", "", "audit sample: where that other FC3 came from (as kappa_fc3_source); null elsewhere", True),
+    Column("audit_kappa_harmonic_reference_mesh_W_mK", "float64", "W/(m·K)", "audit sample: κ_harm again on audit.kappa_q_mesh (same FC2 and FC3) where kappa.q_mesh differs from it; null elsewhere", True),
+    Column("audit_kappa_renormalized_reference_mesh_W_mK", "float64", "W/(m·K)", "audit sample: κ_ren on that reference mesh; null elsewhere", True),
     Column("verified_relative_force_error", "float64", "", "the surrogate's force error (rmse / rms) against the potential on a fresh verification ensemble of the final auxiliary system; null when the row came from the direct engine (every force from the potential)", True),
     Column("sscha_wall_time_s", "float64", "s", "wall time of the SSCHA at this temperature"),
     Column("material_wall_time_s", "float64", "s", "wall time of the whole material (all temperatures)"),
@@ -176,9 +178,11 @@ ADDED_IN_2_1 = (
     "audit_sigma_A_difference", "kappa_fc3_source", "audit_kappa_harmonic_other_fc3_W_mK",
     "audit_kappa_renormalized_other_fc3_W_mK", "audit_kappa_other_fc3_source",
 )
+ADDED_IN_2_2 = ("audit_kappa_harmonic_reference_mesh_W_mK", "audit_kappa_renormalized_reference_mesh_W_mK")
 SCHEMAS = {
-    "1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0 + ADDED_IN_2_1),
-    "2.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_1),
+    "1.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_0 + ADDED_IN_2_1 + ADDED_IN_2_2),
+    "2.0": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_1 + ADDED_IN_2_2),
+    "2.1": tuple(c for c in COLUMNS if c.name not in ADDED_IN_2_2),
     SCHEMA_VERSION: COLUMNS,
 }
 

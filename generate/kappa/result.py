@@ -19,7 +19,7 @@ class Phono3pyFailure(RuntimeError):
 @dataclass(frozen=True)
 class KappaSettings:
     temperatures_K: tuple[float, ...] = (300.0,)
-    q_mesh: tuple[int, int, int] = (11, 11, 11)
+    q_mesh: tuple[int, int, int] | float = (11, 11, 11)  # or a length in Å (checks.mesh_or_length)
     method: str = "rta"  # rta | wigner
     isotope: bool = True  # isotope scattering from natural abundances
     unit_cell: str = "given"  # given | conventional: supercell matrices refer to this cell
@@ -49,7 +49,7 @@ class KappaSettings:
                 raise checks.SettingsError(
                     f"kappa.temperatures_K[{index}] = 0 K: no phonons are excited to scatter, the RTA κ is infinite; use T > 0"
                 )
-        checks.mesh(self.q_mesh, "kappa.q_mesh")
+        checks.mesh_or_length(self.q_mesh, "kappa.q_mesh")
         checks.choice(self.method, "kappa.method", ("rta", "wigner"))
         checks.choice(self.unit_cell, "kappa.unit_cell", ("given", "conventional"))
         for name in ("fc3_supercell_matrix", "fc2_supercell_matrix"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 from ase import Atoms
@@ -32,6 +33,15 @@ from generate.kappa.result import (
 # κ from one FC2
 
 
+def mesh_value(q_mesh):
+    """phonopy's and phono3py's form of ``KappaSettings.q_mesh``: a list of three integers or a length (float)."""
+    return float(q_mesh) if np.ndim(q_mesh) == 0 else [int(n) for n in q_mesh]
+
+
+def mesh_label(q_mesh) -> str:
+    return f"{float(q_mesh):g} Å length" if np.ndim(q_mesh) == 0 else "x".join(map(str, q_mesh))
+
+
 def fc2_supercell_matrix_of(ph3) -> np.ndarray:
     """phono3py's FC2 supercell matrix (the FC3 one when no separate phonon supercell was set)."""
     matrix = ph3.phonon_supercell_matrix
@@ -51,7 +61,7 @@ def mesh_stability(ph3, fc2: np.ndarray, settings: KappaSettings) -> tuple[float
     phonon.force_constants = fc2
     if ph3.nac_params is not None:
         phonon.nac_params = ph3.nac_params
-    phonon.run_mesh(list(settings.q_mesh), is_gamma_center=True)
+    phonon.run_mesh(mesh_value(settings.q_mesh), is_gamma_center=True)
     frequencies = np.asarray(phonon.mesh.frequencies)
     weights = np.asarray(phonon.mesh.weights)
     n_imaginary = int(((frequencies < -settings.imaginary_tolerance_THz).sum(axis=1) * weights).sum())
@@ -113,7 +123,7 @@ def conductivity(ph3, fc2: np.ndarray, settings: KappaSettings, label: str, temp
         return table(
             "unstable",
             f"{label} FC2 is dynamically unstable: {n_imaginary} imaginary mode(s) on the "
-            f"{'x'.join(map(str, settings.q_mesh))} mesh below -{settings.imaginary_tolerance_THz} THz "
+            f"{mesh_label(settings.q_mesh)} mesh below -{settings.imaginary_tolerance_THz} THz "
             f"(min {min_frequency:.3f} THz)",
             min_frequency_THz=min_frequency, n_imaginary_modes=n_imaginary,
         )
@@ -121,7 +131,7 @@ def conductivity(ph3, fc2: np.ndarray, settings: KappaSettings, label: str, temp
         raise ValueError(f"method must be 'rta' or 'wigner', not {settings.method!r}")
     try:
         ph3.fc2 = fc2
-        ph3.mesh_numbers = list(settings.q_mesh)
+        ph3.mesh_numbers = mesh_value(settings.q_mesh)
         ph3.init_phph_interaction(
             average_degenerate_weights=settings.average_degenerate_weights,
             symmetrize_tetrahedra=settings.symmetrize_tetrahedra,
@@ -270,13 +280,70 @@ def kappa_from_phono3py(
     )
 
 
-def _failed(settings: KappaSettings, reason: str, fc3: FC3Report | None, evaluations: int, start: float) -> KappaResult:
+def failed_kappa(settings: KappaSettings, reason: str, fc3: FC3Report | None = None, evaluations: int = 0,
+                 start: float | None = None) -> KappaResult:
     return KappaResult(
         status="failed", reason=reason, temperatures_K=[float(t) for t in settings.temperatures_K],
         harmonic=None, renormalized=None, kappa_ratio=[None] * len(settings.temperatures_K),
         kappa_ratio_null_reason=reason, fc3=fc3, n_potential_evaluations=evaluations, settings=settings,
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=0.0 if start is None else time.perf_counter() - start,
     )
+
+
+@dataclass(frozen=True)
+class PreparedKappa:
+    """A Phono3py object with its FC3 set and the FC2s in its phonon supercell's order: κ at any q-mesh from
+    here costs phono3py's RTA alone (:func:`kappa_from_phono3py`)."""
+
+    ph3: object
+    fc2_harmonic: np.ndarray
+    fc2_renormalized: np.ndarray | Mapping[float, np.ndarray] | None
+    fc3: FC3Report
+    n_potential_evaluations: int
+
+
+def prepare_kappa(
+    atoms: Atoms,
+    potential,
+    settings: KappaSettings = KappaSettings(),
+    *,
+    fc2_renormalized: np.ndarray | Mapping[float, np.ndarray] | None = None,
+    fc2_supercell: Atoms | None = None,
+    fc2_harmonic: np.ndarray | None = None,
+    nac_params: dict | None = None,
+    fc3=None,
+) -> PreparedKappa:
+    """Everything of :func:`compute_kappa` before phono3py's RTA (arguments as there); raises
+    :class:`Phono3pyFailure` when phono3py's FC3 solver fails."""
+    unit = unit_cell(atoms, settings)
+    fc2_matrix = None if fc2_supercell is None else supercell_matrix_between(unit, fc2_supercell)
+    ph3 = build_phono3py(unit, settings, fc2_matrix, nac_params)
+    n_fc2 = len(ph3.phonon_supercell)
+    perm = None
+    if fc2_supercell is not None:
+        perm = supercell_permutation(fc2_supercell, ph3.phonon_supercell)
+
+    def prepare(fc2, name):
+        fc2 = np.asarray(fc2, dtype=float)
+        if fc2.shape != (n_fc2, n_fc2, 3, 3):
+            raise ValueError(f"{name} has shape {fc2.shape}; phono3py's FC2 supercell needs {(n_fc2, n_fc2, 3, 3)}")
+        return fc2 if perm is None else reorder_fc2(fc2, perm)
+
+    if fc2_renormalized is not None:
+        if isinstance(fc2_renormalized, Mapping):
+            fc2_renormalized = {t: prepare(fc, f"fc2_renormalized[{t}]") for t, fc in fc2_renormalized.items()}
+        else:
+            fc2_renormalized = prepare(fc2_renormalized, "fc2_renormalized")
+    evaluations = 0
+    if fc2_harmonic is not None:
+        fc2_harmonic = prepare(fc2_harmonic, "fc2_harmonic")
+    else:
+        log.info("harmonic FC2: %d-atom supercell", n_fc2)
+        fc2_harmonic, evaluations = harmonic_fc2_from_potential(ph3, potential, settings)
+    log.info("FC3 (%s) in the %d-atom supercell", settings.fc3_method, len(ph3.supercell))
+    report = fc3_from_potential(ph3, potential, settings) if fc3 is None else fc3_from_model(ph3, fc3)
+    log.info("FC3 done (%d potential evaluations, %.0f s)", report.n_potential_evaluations, report.wall_time_s)
+    return PreparedKappa(ph3, fc2_harmonic, fc2_renormalized, report, evaluations + report.n_potential_evaluations)
 
 
 def compute_kappa(
@@ -305,47 +372,21 @@ def compute_kappa(
     reason; bad input (shapes, lattices, unknown elements) raises.
     """
     start = time.perf_counter()
-    unit = unit_cell(atoms, settings)
-    fc2_matrix = None if fc2_supercell is None else supercell_matrix_between(unit, fc2_supercell)
-    ph3 = build_phono3py(unit, settings, fc2_matrix, nac_params)
-    n_fc2 = len(ph3.phonon_supercell)
-    perm = None
-    if fc2_supercell is not None:
-        perm = supercell_permutation(fc2_supercell, ph3.phonon_supercell)
-
-    def prepare(fc2, name):
-        fc2 = np.asarray(fc2, dtype=float)
-        if fc2.shape != (n_fc2, n_fc2, 3, 3):
-            raise ValueError(f"{name} has shape {fc2.shape}; phono3py's FC2 supercell needs {(n_fc2, n_fc2, 3, 3)}")
-        return fc2 if perm is None else reorder_fc2(fc2, perm)
-
-    if fc2_renormalized is not None:
-        if isinstance(fc2_renormalized, Mapping):
-            fc2_renormalized = {t: prepare(fc, f"fc2_renormalized[{t}]") for t, fc in fc2_renormalized.items()}
-        else:
-            fc2_renormalized = prepare(fc2_renormalized, "fc2_renormalized")
-    evaluations = 0
-    if fc2_harmonic is not None:
-        fc2_harmonic = prepare(fc2_harmonic, "fc2_harmonic")
-    else:
-        log.info("harmonic FC2: %d-atom supercell", n_fc2)
-        fc2_harmonic, evaluations = harmonic_fc2_from_potential(ph3, potential, settings)
-    log.info("FC3 (%s) in the %d-atom supercell", settings.fc3_method, len(ph3.supercell))
     try:
-        report = fc3_from_potential(ph3, potential, settings) if fc3 is None else fc3_from_model(ph3, fc3)
+        prepared = prepare_kappa(atoms, potential, settings, fc2_renormalized=fc2_renormalized, fc2_supercell=fc2_supercell,
+                                 fc2_harmonic=fc2_harmonic, nac_params=nac_params, fc3=fc3)
     except Phono3pyFailure as error:
-        return _failed(settings, str(error), None, evaluations, start)
-    evaluations += report.n_potential_evaluations
-    log.info("FC3 done (%d potential evaluations, %.0f s); κ (%s) on a %s q-mesh at %s K",
-             report.n_potential_evaluations, report.wall_time_s, settings.method, "x".join(map(str, settings.q_mesh)),
-             ", ".join(f"{t:g}" for t in settings.temperatures_K))
-    result = kappa_from_phono3py(
-        ph3, settings, fc2_harmonic=fc2_harmonic, fc2_renormalized=fc2_renormalized, fc3_report=report,
-        n_potential_evaluations=evaluations,
-    )
-    from dataclasses import replace
+        return failed_kappa(settings, str(error), None, 0, start)
+    return replace(kappa_of_prepared(prepared, settings), wall_time_s=time.perf_counter() - start)
 
-    return replace(result, wall_time_s=time.perf_counter() - start)
+
+def kappa_of_prepared(prepared: PreparedKappa, settings: KappaSettings) -> KappaResult:
+    """κ_harmonic, κ_renormalized and their ratio on ``settings``' q-mesh from :func:`prepare_kappa`'s result."""
+    log.info("κ (%s) on a %s q-mesh at %s K", settings.method, mesh_label(settings.q_mesh),
+             ", ".join(f"{t:g}" for t in settings.temperatures_K))
+    return kappa_from_phono3py(prepared.ph3, settings, fc2_harmonic=prepared.fc2_harmonic,
+                               fc2_renormalized=prepared.fc2_renormalized, fc3_report=prepared.fc3,
+                               n_potential_evaluations=prepared.n_potential_evaluations)
 
 
 def load_phono3py_dataset(

@@ -68,6 +68,7 @@ class Checkpoints:
 
     directory: Path | None
     reused: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    stage_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU seconds spent in each stage
 
     def cached(self, stage: str, inputs, compute: Callable):
         """``compute()``, or the result saved for the same ``stage`` and ``inputs``."""

@@ -91,6 +91,18 @@ def mesh(values, field: str) -> tuple[int, int, int]:
     return tuple(positive(v, f"{field}[{i}]", integer=True) for i, v in enumerate(values))
 
 
+def mesh_or_length(values, field: str) -> tuple[int, int, int] | float:
+    """A q-mesh as three positive integers, or one length in Å: phonopy's rule, n_i ≈ length × |b_i|
+    (reciprocal vectors without 2π), the same sampling density for every cell, rounded to respect symmetry."""
+    if _is_list(values):
+        return mesh(values, field)
+    try:
+        return positive(values, field)
+    except SettingsError:
+        raise SettingsError(f"{field} expects three positive integers (e.g. [11, 11, 11]) or a length in Å "
+                            f"(e.g. 40), not {values!r}") from None
+
+
 def supercell_matrix(values, field: str) -> np.ndarray:
     """Three positive integers (diagonal) or a 3x3 integer matrix with a positive determinant above 1.
 

@@ -84,24 +84,31 @@ def compute_material(material: Material, settings: GeneratorSettings, device: st
                 "traceback": "".join(traceback.format_exception(cause)),
                 "wall_time_s": time.time() - start + checkpoints.reused_seconds,
                 "cpu_time_s": time.process_time() - cpu_start,
+                "stage_cpu_time_s": dict(checkpoints.stage_cpu_s),
                 "reused_checkpoints": checkpoints.reused,
                 "finished": time.time(),
             }
         checkpoints.clear()
     # CPU seconds of the worker process (every thread): the cost on a shared machine, where wall time is not.
     return {**base, "status": "ok", "rows": rows, "wall_time_s": time.time() - start + checkpoints.reused_seconds,
-            "cpu_time_s": time.process_time() - cpu_start, "reused_checkpoints": checkpoints.reused,
+            "cpu_time_s": time.process_time() - cpu_start, "stage_cpu_time_s": dict(checkpoints.stage_cpu_s),
+            "reused_checkpoints": checkpoints.reused,
             "finished": time.time()}
 
 
 def _stage(name: str, function: Callable, *args, **kwargs):
-    active_checkpoints().mark(name)
+    checkpoints = active_checkpoints()
+    checkpoints.mark(name)
+    cpu_start = time.process_time()
     try:
         return function(*args, **kwargs)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as error:  # noqa: BLE001
         raise StageError(name, error) from error
+    finally:
+        spent = checkpoints.stage_cpu_s
+        spent[name] = spent.get(name, 0.0) + time.process_time() - cpu_start
 
 
 def _compute_rows(material: Material, settings: GeneratorSettings, device: str, potential, start: float) -> list[dict]:
@@ -486,8 +493,8 @@ def _spacegroup_number_symbol(atoms, symprec: float) -> tuple[int, str]:
 def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, results, nac_params=None,
                    audited: bool = False) -> list[dict]:
     """κ columns per temperature: computed when enabled and generate.kappa exists, else null with the reason.
-    ``audited`` (the audit sample): κ again with the other FC3 (the surrogate's cubic terms where the rows use the
-    potential's finite displacements, and the reverse), in the audit columns."""
+    ``audited`` (the audit sample): κ again on ``audit.kappa_q_mesh``, and with the other FC3 (the surrogate's
+    cubic terms where the rows use the potential's finite displacements, and the reverse), in the audit columns."""
     cfg = settings.kappa
     if not cfg.get("enabled", False):
         return [_null_kappa("not computed: kappa disabled in the generation settings") for _ in results]
@@ -508,22 +515,24 @@ def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, 
         inputs = (*inputs, {k: np.asarray(v).tolist() for k, v in nac_params.items()})
     # FC3 is the plain potential's at the rows' geometry (its residual forces subtracted): the anchoring only
     # changes the quadratic part, so the anchored potential's FC3 is the same.
-    kappas = active_checkpoints().cached("kappa", inputs, lambda: adapter(cell, matrix, loaded.model, harmonic, results, values,
-                                                                          nac_params=nac_params))
+    reference_mesh = settings.audit_kappa_q_mesh if audited else None
+    kappas = active_checkpoints().cached("kappa", (inputs, reference_mesh), lambda: adapter(
+        cell, matrix, loaded.model, harmonic, results, values, nac_params=nac_params, reference_q_mesh=reference_mesh))
     other = {"surrogate": "finite_displacement", "finite_displacement": "surrogate"}.get(values.get("fc3_method"))
     if other == "surrogate" and not any(getattr(r, "expansion", None) is not None for r in results):
         other = None  # the direct engine fitted no expansion
     if not (audited and other):
-        return [{**k, **AUDIT_KAPPA} for k in kappas]
+        return [{**AUDIT_KAPPA, **k} for k in kappas]
     checks = active_checkpoints().cached("kappa_audit", inputs, lambda: adapter(
         cell, matrix, loaded.model, harmonic, results, {**values, "fc3_method": other}, nac_params=nac_params))
-    return [{**k, "audit_kappa_harmonic_other_fc3_W_mK": c["kappa_harmonic_W_mK"],
+    return [{**AUDIT_KAPPA, **k, "audit_kappa_harmonic_other_fc3_W_mK": c["kappa_harmonic_W_mK"],
              "audit_kappa_renormalized_other_fc3_W_mK": c["kappa_renormalized_W_mK"],
              "audit_kappa_other_fc3_source": c["kappa_fc3_source"]} for k, c in zip(kappas, checks, strict=True)]
 
 
 AUDIT_KAPPA = {"audit_kappa_harmonic_other_fc3_W_mK": None, "audit_kappa_renormalized_other_fc3_W_mK": None,
-               "audit_kappa_other_fc3_source": None}
+               "audit_kappa_other_fc3_source": None, "audit_kappa_harmonic_reference_mesh_W_mK": None,
+               "audit_kappa_renormalized_reference_mesh_W_mK": None}
 
 
 def _null_kappa(reason: str) -> dict:

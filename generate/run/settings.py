@@ -52,6 +52,7 @@ class GeneratorSettings:
     kappa: dict  # the kappa node (generate.kappa.pipeline_kappa_columns)
     audit_every: int
     audit_frequency_error_target_THz: float
+    audit_kappa_q_mesh: tuple | float  # κ's reference mesh on the audit sample (checks.mesh_or_length)
     shift_min_frequency_THz: float
     classical_sigma_A_configurations: int
     dos_sigma_THz: float
@@ -80,6 +81,7 @@ def check_settings(settings: dict) -> GeneratorSettings:
     checks.choice(settings["harmonic_reference"], "harmonic_reference", REFERENCES)
     audit_every = checks.positive(settings["audit"]["every"], "audit.every", integer=True, strict=False)
     audit_target = checks.positive(settings["audit"]["frequency_error_target_THz"], "audit.frequency_error_target_THz")
+    audit_mesh = checks.mesh_or_length(settings["audit"]["kappa_q_mesh"], "audit.kappa_q_mesh")
     quantum = bool(settings["sscha"].get("quantum", True))
     temperatures = tuple(checks.temperatures(settings["temperatures_K"], "temperatures_K", quantum=quantum))
     sc = settings["supercell"]
@@ -111,6 +113,7 @@ def check_settings(settings: dict) -> GeneratorSettings:
         kappa=dict(settings["kappa"]),
         audit_every=int(audit_every),
         audit_frequency_error_target_THz=float(audit_target),
+        audit_kappa_q_mesh=audit_mesh,
         shift_min_frequency_THz=checks.positive(settings["targets"]["shift_min_frequency_THz"],
                                                 "targets.shift_min_frequency_THz", strict=False),
         classical_sigma_A_configurations=checks.positive(settings["targets"]["classical_sigma_A_configurations"],

@@ -604,3 +604,39 @@ def test_free_gradient_leaves_out_only_what_the_floor_holds():
     coupling += coupling.T
     assert free_gradient(model, dynamical, held + 1e-3 * coupling, floor)[0] == pytest.approx(1e-3 * np.linalg.norm(coupling), rel=1e-3)
     assert free_gradient(model, dynamical, -held, floor)[0] == pytest.approx(np.linalg.norm(held), rel=1e-12)
+
+
+# phonondb's Bi2Se3 (mp-541837, R-3m, CC BY 4.0): its rhombohedral cell is symmetric to ~1e-8 Å only
+BI2SE3_CELL = [[2.065721133333333, 1.1926446533333335, 9.492875183333332],
+               [-2.0657211366666663, 1.1926446533333335, 9.492875183333332],
+               [3.3333333846577943e-09, -2.385289306666667, 9.492875183333332]]
+BI2SE3_POSITIONS = [[0.4003664300000001, 0.40036643000000005, 0.40036642999999994],
+                    [0.5996335700000001, 0.5996335700000001, 0.5996335700000001],
+                    [0.9999999999999998, 0.9999999900000002, 0.9999999999999999],
+                    [0.21100027000000018, 0.21100025999999994, 0.21100026999999996],
+                    [0.7889997299999999, 0.7889997400000003, 0.78899973]]
+
+
+def test_surrogate_cluster_space_is_built_on_an_exactly_symmetric_cell():
+    """hiphive's orbit search fails on phonondb's Bi2Se3 as given ("(1, 257) is not in list" with hiphive 1.5, the
+    pipeline's cutoffs 1.8/1.8/1.1 × the nearest-neighbour distance); on the cell refined to its own space group
+    (atoms moved < 1e-6 Å) it builds, with the same 12 operations."""
+    import spglib
+    from hiphive import ClusterSpace
+
+    from generate.sscha.surrogate import quiet_hiphive, symmetrized
+
+    atoms = Atoms("Bi2Se3", cell=BI2SE3_CELL, scaled_positions=BI2SE3_POSITIONS, pbc=True)
+    distances = atoms.repeat(3).get_all_distances(mic=True)
+    nearest = float(distances[distances > 1e-6].min())
+    cutoffs = [1.8 * nearest, 1.8 * nearest, 1.1 * nearest]
+    with quiet_hiphive():
+        with pytest.raises(ValueError, match="is not in list"):
+            ClusterSpace(atoms, cutoffs)
+        refined = symmetrized(atoms, 1e-5)
+        space = ClusterSpace(refined, cutoffs)
+    assert np.abs(refined.positions - atoms.positions).max() < 1e-6
+    assert space.n_dofs > 0
+    cell = lambda a: (a.cell.array, a.get_scaled_positions(), a.numbers)  # noqa: E731
+    assert len(spglib.get_symmetry(cell(refined), symprec=1e-5)["rotations"]) == 12
+    assert spglib.get_spacegroup(cell(refined), symprec=1e-8) == "R-3m (166)"  # exact now

@@ -138,6 +138,17 @@ class SurrogateBasis:
         return [Monomials(dofs=m.dofs, coefficients=m.basis @ amplitudes) for m in self.orders]
 
 
+def symmetrized(atoms: Atoms, symprec: float) -> Atoms:
+    """A copy of ``atoms`` with cell and positions made exactly symmetric at ``symprec`` (spglib's refinement,
+    orientation kept). hiphive's orbit search fails on cells symmetric only to ~1e-8 Å (phonondb's rhombohedral
+    Bi2Se3: "(1, 257) is not in list"); the moves are below symprec, far below any force constant's range."""
+    from ase.spacegroup.symmetrize import refine_symmetry
+
+    out = atoms.copy()
+    refine_symmetry(out, symprec=symprec, verbose=False)
+    return out
+
+
 def surrogate_basis(atoms: Atoms, model: SupercellModel, settings: "SurrogateSettings") -> SurrogateBasis:
     """Build the hiphive cluster space once and fold every eigentensor onto the supercell.
 
@@ -158,7 +169,7 @@ def surrogate_basis(atoms: Atoms, model: SupercellModel, settings: "SurrogateSet
     tiled = model.atoms.repeat(tiling)  # copies in order: tiled atom k is atom k mod N
     n_atoms = model.n_atoms
     with quiet_hiphive():
-        cluster_space = ClusterSpace(atoms, cutoffs)
+        cluster_space = ClusterSpace(symmetrized(atoms, model.phonon.symmetry.tolerance), cutoffs)
         fcm = ForceConstantModel(tiled, cluster_space)
     n_dofs = 3 * n_atoms
     amplitudes = np.asarray(cluster_space._map_parameters(np.eye(cluster_space.n_dofs)))  # (n_eigentensors, P)

@@ -31,6 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = REPO / "runs" / "thermobench-0.2" / "50d730e92f84"
 AUDIT_EVERY = 3  # the panel's audit sample (the default: 20)
+UNSTABLE_SHARE = 0.15  # DFT-unstable crystals in the production run (thermobench-0.2's regeneration: at most 15 %)
 SETTINGS = [  # the plain run's settings (its manifest), the anchoring being the default
     "potential=m3gnet_phonondb", "source=phonondb", "sscha.frequency_error_target_THz=0.1", "kappa=rta",
     "kappa.fc3_cutoff_A=5.0", "+kappa.temperatures_K=[300]", f"audit.every={AUDIT_EVERY}", "executor=serial",
@@ -80,7 +81,7 @@ def evaluations(record: dict) -> int:
     return int(sum(r["n_potential_evaluations"] for r in rows) + rows[0]["n_harmonic_evaluations"])
 
 
-def summarize(label: str, runs: dict, ids: list[str], audit_every: int = 0) -> dict:
+def summarize(label: str, runs: dict, ids: list[str], audit_every: int = 0, verdicts: dict | None = None) -> dict:
     ok = {i: runs[i] for i in ids if i in runs and runs[i]["status"] == "ok"}
     attempted = [runs[i] for i in ids if i in runs]
     at300 = {i: row_at(r, 300.0) for i, r in ok.items()}
@@ -123,7 +124,55 @@ def summarize(label: str, runs: dict, ids: list[str], audit_every: int = 0) -> d
         if (outside := [r for r in attempted if not audited(r, audit_every)]) else None,
         "n_audited": int(sum(audited(r, audit_every) for r in ok.values())),
         **fc3_agreement(at300.values()),
+        **mesh_agreement(at300.values()),
+        **stage_costs([r for r in attempted if not audited(r, audit_every)]),
+        **by_dft_stability(attempted, audit_every, verdicts or {}),
     }
+
+
+def stage_costs(records: list[dict]) -> dict:
+    """Mean CPU seconds per stage (records that carry them: ``stage_cpu_time_s``), failures included."""
+    timed = [r["stage_cpu_time_s"] for r in records if r.get("stage_cpu_time_s")]
+    if not timed:
+        return {}
+    stages = sorted({k for t in timed for k in t}, key=lambda k: -sum(t.get(k, 0.0) for t in timed))
+    return {"stage_cpu_seconds_mean": {k: float(np.mean([t.get(k, 0.0) for t in timed])) for k in stages},
+            "n_stage_timed": len(timed)}
+
+
+def dft_verdicts(*runs: dict) -> dict:
+    """material id -> DFT's stability verdict, from the rows of any run that finished it."""
+    return {i: row_at(r, 300.0)["dft_dynamically_stable"] for run in runs for i, r in run.items() if r["status"] == "ok"}
+
+
+def by_dft_stability(records: list[dict], audit_every: int, verdicts: dict) -> dict:
+    """Core-seconds per material outside the audit sample, DFT-stable and DFT-unstable crystals apart (failures
+    included, by the verdict of ``verdicts``), and the materials per core-hour of a run whose DFT-unstable share is
+    ``UNSTABLE_SHARE`` (the production run's ceiling) at these per-class costs."""
+    outside = [r for r in records if not audited(r, audit_every) and r["material_id"] in verdicts]
+    classes = {stable: [r for r in outside if verdicts[r["material_id"]] == stable] for stable in (True, False)}
+    if not classes[True] or not classes[False]:
+        return {}
+    cost = {stable: float(np.mean([cost_s(r) for r in rs])) for stable, rs in classes.items()}
+    rate = {stable: sum(r["status"] == "ok" for r in rs) / sum(map(cost_s, rs)) for stable, rs in classes.items()}
+    mix = 1 / ((1 - UNSTABLE_SHARE) / rate[True] + UNSTABLE_SHARE / rate[False])  # finished materials per core-second
+    return {"core_seconds_dft_stable_mean": cost[True], "core_seconds_dft_unstable_mean": cost[False],
+            "n_dft_stable_outside_audit": len(classes[True]), "n_dft_unstable_outside_audit": len(classes[False]),
+            "materials_per_core_hour_production_mix": 3600 * mix}
+
+
+def mesh_agreement(rows) -> dict:
+    """κ on the rows' q-mesh against the audit's reference mesh (same FC2s and FC3), audit sample."""
+    pairs = [(r["kappa_harmonic_W_mK"] / r["audit_kappa_harmonic_reference_mesh_W_mK"] - 1,
+              r["kappa_ratio"] * r["audit_kappa_harmonic_reference_mesh_W_mK"] / r["audit_kappa_renormalized_reference_mesh_W_mK"] - 1)
+             for r in rows if r.get("audit_kappa_harmonic_reference_mesh_W_mK") and r.get("audit_kappa_renormalized_reference_mesh_W_mK")
+             and r["kappa_harmonic_W_mK"] and r["kappa_ratio"] is not None]
+    if not pairs:
+        return {"n_mesh_compared": 0}
+    harmonic, ratio = np.abs(np.asarray(pairs)).T
+    return {"n_mesh_compared": len(pairs), "kappa_harmonic_mesh_deviation_median": float(np.median(harmonic)),
+            "kappa_harmonic_mesh_deviation_max": float(harmonic.max()), "kappa_ratio_mesh_deviation_median": float(np.median(ratio)),
+            "kappa_ratio_mesh_deviation_max": float(ratio.max())}
 
 
 def fc3_pair(row: dict) -> dict | None:
@@ -209,8 +258,9 @@ def report(summary: dict, materials: list[dict], command: str) -> str:
         f"Command: `{command}`", "",
         "Plain: thermobench-0.2's records (M3GNet-phonondb-PBEsol; relaxed by the potential, its own FC2, κ at 100/300/500 K). "
         "Anchored: `harmonic_reference=dft` (DFT's geometry and FC2, the SSCHA on the potential anchored to it, DFT Born "
-        "charges on mesh and κ), same potential, SSCHA and FC3 settings (FC3 solved by symfc instead of phono3py's own "
-        "solver), κ at 300 K only. One torch thread per material in "
+        "charges on mesh and κ), same potential, SSCHA and FC3 settings (FC3 within 5 Å solved by symfc where that sphere fits "
+        "the supercell, else by phono3py's own solver as in the plain run), κ at 300 K only, on the generator's default q-mesh "
+        "(`kappa.q_mesh`; the plain run's: 11×11×11). One torch thread per material in "
         "both runs. Quartiles are 25 / 50 / 75 %.", "",
         "| | plain (0.2), whole panel | plain, the materials anchored finished | anchored |", "|---|---:|---:|---:|",
     ]
@@ -248,6 +298,23 @@ def report(summary: dict, materials: list[dict], command: str) -> str:
                   f"the anchored run finished: {(own or 0) / same_rate:.1f}× and {a['materials_per_core_hour'] / same_rate:.1f}×. "
                   "The plain records' cost is their wall time (CPU time was not recorded then; one torch thread per material, "
                   "two materials on two cores), the anchored ones' their worker's CPU time.", ""]
+    if a.get("stage_cpu_seconds_mean"):
+        lines += [f"Where an anchored material's time goes (CPU seconds per stage, mean over the {a['n_stage_timed']} materials "
+                  "outside the audit sample): " + ", ".join(f"{k} {v:.0f}" for k, v in a["stage_cpu_seconds_mean"].items()
+                                                            if v >= 0.5) + ".", ""]
+    if a.get("materials_per_core_hour_production_mix"):
+        lines += [f"By DFT stability (outside the audit sample, failures included): {a['n_dft_stable_outside_audit']} DFT-stable "
+                  f"crystals {a['core_seconds_dft_stable_mean']:.0f} core-s each, {a['n_dft_unstable_outside_audit']} DFT-unstable "
+                  f"ones {a['core_seconds_dft_unstable_mean']:.0f} (a share of {a['n_dft_unstable_outside_audit'] / (a['n_dft_stable_outside_audit'] + a['n_dft_unstable_outside_audit']):.0%}); "
+                  f"at the production run's share of {UNSTABLE_SHARE:.0%} these costs give "
+                  f"{a['materials_per_core_hour_production_mix']:.1f} materials per core-hour "
+                  f"({a['materials_per_core_hour_production_mix'] / max(plain_rate, 1e-9):.1f}× the plain run's whole-panel rate; "
+                  "a projection, not a measurement of that mix).", ""]
+    if a.get("n_mesh_compared"):
+        lines += [f"κ on the rows' q-mesh against the audit's reference mesh (same FC2s and FC3; {a['n_mesh_compared']} audited "
+                  f"materials at 300 K): |Δκ_harm| median {a['kappa_harmonic_mesh_deviation_median']:.1%}, largest "
+                  f"{a['kappa_harmonic_mesh_deviation_max']:.1%}; |Δ(κ ratio)| median {a['kappa_ratio_mesh_deviation_median']:.1%}, "
+                  f"largest {a['kappa_ratio_mesh_deviation_max']:.1%}.", ""]
     for label, s in (("plain", p), ("anchored", a)):
         if s["failures"]:
             lines.append(f"Failures ({label}): " + "; ".join(f"{k}: {v}" for k, v in s["failures"].items()))
@@ -315,7 +382,9 @@ def main(argv=None) -> None:
     anchored = records(folder)
     material_ids = [f"phonondb-{i}" for i in ids]
     finished = [i for i in material_ids if anchored.get(i, {}).get("status") == "ok"]
-    summary = {"plain": summarize("plain", plain, material_ids), "anchored": summarize("anchored", anchored, material_ids, AUDIT_EVERY),
+    verdicts = dft_verdicts(plain, anchored)
+    summary = {"plain": summarize("plain", plain, material_ids),
+               "anchored": summarize("anchored", anchored, material_ids, AUDIT_EVERY, verdicts),
                "plain_same": summarize("plain, the materials the anchored run finished", plain, finished)}
     materials = per_material(plain, anchored, material_ids)
     args.out.mkdir(parents=True, exist_ok=True)

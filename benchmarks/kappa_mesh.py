@@ -3,7 +3,7 @@ sampling density (a length in Å, phonopy's rule n_i ≈ L·|b_i|), same FC2s an
 
     THERMOBENCH_MODELS=../shared/models OMP_NUM_THREADS=1 RAYON_NUM_THREADS=1 .venv/bin/python -m benchmarks.kappa_mesh \\
         --phonondb-dir ../phononDB/phonon_db_tarred [--lengths 20 30 40] [--reference 11 11 11] \\
-        [--work outputs/kappa_mesh] [--out benchmarks/results/kappa_mesh] [--report-only]
+        [--work outputs/kappa_mesh] [--out benchmarks/results/kappa_mesh] [--report-only] [--reverse]
 
 Per material (the anchoring panel's crystals, its settings: DFT geometry and FC2, the SSCHA at 300 K on
 the potential anchored to DFT, the potential's FC3 by finite displacements within 5 Å, DFT Born charges):
@@ -38,6 +38,10 @@ def measure(material, settings, loaded, reference_mesh, lengths) -> dict:
 
     start = time.process_time()
     reference = dft_reference(material, material.atoms(), loaded, settings)
+    tolerance = settings.harmonic.imaginary_tolerance_THz
+    if np.min(reference.large.mesh_frequencies_THz) < -tolerance:  # no κ_harm to compare: skip before any SSCHA
+        return {"material_id": material.material_id, "formula": material.formula,
+                "error": f"DFT-unstable (a mesh frequency below -{tolerance} THz): no κ"}
     one = [s for s in settings.sscha if abs(s.temperature_K - TEMPERATURE_K) < 1e-9]
     fc_harmonic = np.asarray(reference.harmonic.phonon.force_constants)
     results, _, _ = sscha_with_floor(settings.engine, reference.cell, reference.sscha_potential, reference.supercell_matrix,
@@ -60,7 +64,7 @@ def measure(material, settings, loaded, reference_mesh, lengths) -> dict:
         kappa = kappa_of_prepared(prepared, replace(plan.settings, q_mesh=mesh))
         record["meshes"].append({
             "q_mesh": list(mesh) if np.ndim(mesh) else float(mesh),
-            "mesh_numbers": [int(n) for n in prepared.ph3.mesh_numbers],
+            "mesh_numbers": None if prepared.ph3.mesh_numbers is None else [int(n) for n in prepared.ph3.mesh_numbers],
             "kappa_harmonic_W_mK": kappa.harmonic.average_at(TEMPERATURE_K) if kappa.harmonic else None,
             "kappa_renormalized_W_mK": kappa.renormalized.average_at(TEMPERATURE_K) if kappa.renormalized else None,
             "kappa_ratio": kappa.kappa_ratio[0], "reason": kappa.reason, "cpu_s": time.process_time() - start,
@@ -96,7 +100,7 @@ def report(materials: list[dict], command: str) -> str:
               + " | ".join(f"{name(q)}: mesh, κ_harm, ratio, CPU s" for q in labels) + " |",
               "|---|---:|---:|" + "---|" * len(labels)]
     for m in ok:
-        cells = [f"{'x'.join(map(str, x['mesh_numbers']))}, {_f(x['kappa_harmonic_W_mK'])}, {_f(x['kappa_ratio'], 3)}, "
+        cells = [f"{'x'.join(map(str, x['mesh_numbers'] or ['—']))}, {_f(x['kappa_harmonic_W_mK'])}, {_f(x['kappa_ratio'], 3)}, "
                  f"{x['cpu_s']:.0f}" for x in m["meshes"]]
         lines.append(f"| {m['material_id']} ({m['formula']}) | {m['n_primitive_atoms']} | {m['fc3_cpu_s']:.0f} | "
                      + " | ".join(cells) + " |")
@@ -121,6 +125,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "kappa_mesh")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "kappa_mesh")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--reverse", action="store_true", help="last material first: a second process on another core")
     args = parser.parse_args(argv)
     ids = sorted(r["source_id"] for r in records(args.plain).values() if r.get("source") == "phonondb")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -130,7 +135,8 @@ def main(argv=None) -> None:
         cfg = compose("generate", [*SETTINGS, f"source.phonondb_dir={args.phonondb_dir}", f"source.ids=[{','.join(ids)}]"])
         settings = check_settings(settings_from_config(cfg))
         loaded = load_named_potential(settings.potential, "cpu")
-        for k, material in enumerate(materials_from_config(cfg.source)):
+        materials = materials_from_config(cfg.source)
+        for k, material in enumerate(materials[::-1] if args.reverse else materials):
             path = args.work / f"{material.material_id}.json"
             if path.exists():
                 continue

@@ -241,8 +241,28 @@ def method_text(settings: dict) -> str:
         + (f", every frequency to a stochastic error of {target} THz" if target else "")
         + f", seed {settings['seed']}) → {mesh}; DOS with {settings['dos']['sigma_THz']} THz Gaussian smearing. "
         "The frequencies are the SSCHA auxiliary ones at fixed volume (the relaxed static cell)."
+        + kappa_text(settings.get("kappa") or {})
         + (anchoring_text(settings) if settings.get("harmonic_reference") == "dft" else "")
     )
+
+
+FC3_TEXT = {"finite_displacement": "the potential's finite displacements", "random_fit": "symfc's fit of random displacements",
+            "surrogate": "the SSCHA surrogate's cubic terms"}
+
+
+def kappa_text(kappa: dict) -> str:
+    """How κ was computed, from the run's ``kappa`` settings (empty when it was not)."""
+    if not kappa.get("enabled"):
+        return ""
+    mesh = kappa.get("q_mesh")
+    mesh_text = (f"a q-mesh of {mesh:g} Å sampling length (n_i ≈ {mesh:g} Å × |b_i|, phonopy's rule, the same density "
+                 "for every cell)" if isinstance(mesh, int | float) else f"a {'x'.join(map(str, mesh))} q-mesh")
+    temperatures = kappa.get("temperatures_K")
+    return (f" κ: phono3py ({str(kappa.get('method', 'rta')).upper()}, isotopes {'on' if kappa.get('isotope', True) else 'off'}) "
+            f"on {mesh_text}, at {'every SSCHA temperature' if not temperatures else ', '.join(f'{t:g}' for t in temperatures) + ' K'}; "
+            f"FC3 from {FC3_TEXT.get(kappa.get('fc3_method', 'finite_displacement'), kappa.get('fc3_method'))}"
+            + (f" within {kappa['fc3_cutoff_A']:g} Å" if kappa.get("fc3_cutoff_A") else "")
+            + " in the SSCHA supercell, one FC3 for the harmonic and the renormalized FC2.")
 
 
 def anchoring_text(settings: dict) -> str:

@@ -447,3 +447,7 @@ def test_kappa_from_the_surrogates_fc3_needs_no_potential_evaluation_and_keeps_t
     assert row["kappa_harmonic_W_mK"] == pytest.approx(row["audit_kappa_harmonic_other_fc3_W_mK"], rel=0.25)
     fd_ratio = row["audit_kappa_renormalized_other_fc3_W_mK"] / row["audit_kappa_harmonic_other_fc3_W_mK"]
     assert row["kappa_ratio"] == pytest.approx(fd_ratio, rel=0.01)
+    # ...and κ again on audit.kappa_q_mesh (11³ by default, the rows' 6³ differing): the same FC2s and FC3 there
+    # (equality with a fresh run on that mesh: tests/test_kappa.py)
+    assert row["audit_kappa_harmonic_reference_mesh_W_mK"] > 0 and row["audit_kappa_renormalized_reference_mesh_W_mK"] > 0
+    assert row["audit_kappa_harmonic_reference_mesh_W_mK"] != pytest.approx(row["kappa_harmonic_W_mK"], rel=1e-6)

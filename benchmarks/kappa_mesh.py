@@ -84,8 +84,11 @@ def report(materials: list[dict], command: str) -> str:
              "Same FC2s (DFT's harmonic, the anchored SSCHA's at 300 K) and FC3 (the potential's finite displacements "
              "within 5 Å) for every mesh; relative deviations from the first mesh; cost: phono3py's CPU seconds for "
              "κ_harm and κ_ren together, summed over the materials, relative to the first mesh's (one process, one thread).",
-             "", f"{len(ok)} materials; failures: " + (", ".join(f"{m['material_id']}: {m['error'][:120]}"
-                                                              for m in materials if "error" in m) or "none"), "",
+             "Computed with `python -m benchmarks.kappa_mesh --phonondb-dir ../phononDB/phonon_db_tarred --lengths 20 30 40 "
+             "--work benchmarks/results/kappa_mesh/work` (resumable; `--reverse` runs a second process from the other end). "
+             "Mesh columns give phono3py's grid (the diagonal of its Smith normal form: their product is the number of q-points).",
+             "", f"{len(ok)} materials; left out: " + (", ".join(f"{m['material_id']}: {m['error'][:120]}"
+                                                               for m in materials if "error" in m) or "none"), "",
              "| mesh | κ_harm: median / largest \\|dev\\| | κ ratio: median / largest \\|dev\\| | cost vs first | "
              "κ (FC3 + RTA) share of the material's cost |", "|---|---:|---:|---:|---:|"]
     for k, label in enumerate(labels):

@@ -95,6 +95,21 @@ def test_unstable_harmonic_fc2_gives_null_with_reason(si_dft):
     assert mixed.kappa_ratio[0] == pytest.approx(1.0, abs=1e-12) and mixed.kappa_ratio[1] is None
 
 
+def test_kappa_above_any_crystals_is_null_with_the_reason(si_dft, monkeypatch):
+    """A κ above MAX_KAPPA_W_MK (1e5 W/(m·K): soft, unscattered modes, e.g. 4e17 from a floor-held SSCHA FC2) is not
+    a label. With the bound lowered below silicon's 109 W/(m·K) the same DFT κ is refused, and the ratio says why."""
+    from generate.kappa import transport
+
+    settings = KappaSettings(temperatures_K=(300.0,), q_mesh=(5, 5, 5), isotope=False)
+    fc2 = np.array(si_dft.fc2)
+    assert kappa_from_phono3py(si_dft, settings, fc2_harmonic=fc2, fc2_renormalized=fc2).status == "ok"
+    monkeypatch.setattr(transport, "MAX_KAPPA_W_MK", 50.0)
+    result = kappa_from_phono3py(si_dft, settings, fc2_harmonic=fc2, fc2_renormalized=fc2)
+    assert result.harmonic.status == "unphysical" and result.harmonic.kappa_average_W_mK is None
+    assert "exceeds any crystal's" in result.harmonic.reason
+    assert result.kappa_ratio == [None] and "κ_harmonic is null" in result.kappa_ratio_null_reason
+
+
 def test_phono3py_failure_is_captured(si_dft, monkeypatch):
     from phono3py import Phono3py
 

@@ -103,7 +103,7 @@ class KappaTable:
     """κ from one FC2 (with the shared FC3) at the requested temperatures."""
 
     label: str  # harmonic | renormalized
-    status: str  # ok | unstable | failed
+    status: str  # ok | unstable | unphysical (κ above MAX_KAPPA_W_MK) | failed
     reason: str | None
     temperatures_K: list[float]
     kappa_W_mK: list[list[float]] | None  # (n_T, 6) xx yy zz yz xz xy

@@ -33,6 +33,12 @@ from generate.kappa.result import (
 # κ from one FC2
 
 
+# Above any crystal's κ at any temperature (diamond: ~2,000-3,300 W/(m·K) at 300 K, ~4e4 at its ~100 K peak when
+# isotopically enriched): such a value comes from soft modes with vanishing scattering (SrO2's floor-held SSCHA FC2
+# gave 4e17, NaHS's DFT FC2 1e305 on the anchoring panel), never from transport.
+MAX_KAPPA_W_MK = 1.0e5
+
+
 def mesh_value(q_mesh):
     """phonopy's and phono3py's form of ``KappaSettings.q_mesh``: a list of three integers or a length (float)."""
     return float(q_mesh) if np.ndim(q_mesh) == 0 else [int(n) for n in q_mesh]
@@ -153,6 +159,11 @@ def conductivity(ph3, fc2: np.ndarray, settings: KappaSettings, label: str, temp
     except Exception as error:  # noqa: BLE001 - a phono3py failure goes into the record
         return table("failed", f"phono3py κ with the {label} FC2 failed: {type(error).__name__}: {error}",
                      min_frequency_THz=min_frequency, n_imaginary_modes=n_imaginary)
+    largest = float(np.abs(kappa[:, :3]).max())
+    if largest > MAX_KAPPA_W_MK:
+        return table("unphysical", f"{label} κ of {largest:.3g} W/(m·K) exceeds any crystal's ({MAX_KAPPA_W_MK:g}): a mode "
+                     "near zero frequency that the FC2 leaves almost unscattered, not a conductivity",
+                     min_frequency_THz=min_frequency, n_imaginary_modes=n_imaginary)
     return table(
         "ok", None,
         kappa_W_mK=kappa.tolist(),
@@ -197,7 +208,7 @@ def _merge_tables(tables: list[KappaTable], temperatures: list[float], label: st
     statuses = {t.status for t in bad}
     return KappaTable(
         label=label,
-        status="ok" if not bad else ("failed" if "failed" in statuses else "unstable"),
+        status="ok" if not bad else ("failed" if "failed" in statuses else "unphysical" if "unphysical" in statuses else "unstable"),
         reason="; ".join(f"{t.temperatures_K[0]:g} K: {t.reason}" for t in bad) or None,
         temperatures_K=temperatures,
         kappa_W_mK=stack("kappa_W_mK"),

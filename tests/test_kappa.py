@@ -206,12 +206,14 @@ def test_pipeline_columns_with_sscha_results():
     from generate.sscha import SSCHASettings, run_sscha
 
     atoms = bulk("Cu", "fcc", a=3.59)
+    # 3x3x3 primitive supercell: in 2x2x2 EMT copper's FC2 leaves modes near zero frequency and harmonic κ comes out
+    # 1e34 W/(m·K) (refused as unphysical); here κ_harm is ~20 W/(m·K), the size of copper's lattice part.
     results = [
-        run_sscha(atoms, EMT(), [2, 2, 2], SSCHASettings(temperature_K=t, n_configurations=100, max_steps=10, seed=0))
+        run_sscha(atoms, EMT(), [3, 3, 3], SSCHASettings(temperature_K=t, n_configurations=100, max_steps=10, seed=0))
         for t in (300.0, 800.0)
     ]
     cfg = {"enabled": True, "q_mesh": [5, 5, 5], "fc3_cutoff_A": 3.0}
-    rows = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0, 800.0]})
+    rows = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 3, EMT(), None, results, {**cfg, "temperatures_K": [300.0, 800.0]})
     assert len(rows) == 2
     for row in rows:
         assert set(row) == {"kappa_harmonic_W_mK", "kappa_renormalized_W_mK", "kappa_ratio", "kappa_null_reason",
@@ -223,15 +225,15 @@ def test_pipeline_columns_with_sscha_results():
         assert 0.2 < row["kappa_ratio"] < 5
     assert rows[1]["kappa_harmonic_W_mK"] < rows[0]["kappa_harmonic_W_mK"]
     # Only the listed temperatures cost a phono3py run; the others say why they are null. Same FC3, same κ.
-    only_300 = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0]})
+    only_300 = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 3, EMT(), None, results, {**cfg, "temperatures_K": [300.0]})
     assert only_300[0] == pytest.approx(rows[0])
     assert only_300[1]["kappa_ratio"] is None and "kappa.temperatures_K = [300.0]" in only_300[1]["kappa_null_reason"]
     # The audit's reference mesh reuses the Phono3py object and its FC3: its κ is the one a fresh run on that mesh
     # gives (phono3py keeps per-mesh state; a stale interaction would show here), and the rows' κ is unchanged.
     # A length of 14.5 Å is 7 points along each reciprocal vector of fcc Cu (|b| = √3 / 3.59 Å⁻¹): the same mesh.
-    audited = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results, {**cfg, "temperatures_K": [300.0]},
+    audited = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 3, EMT(), None, results, {**cfg, "temperatures_K": [300.0]},
                                      reference_q_mesh=[7, 7, 7])
-    fresh = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, results,
+    fresh = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 3, EMT(), None, results,
                                    {**cfg, "temperatures_K": [300.0], "q_mesh": 14.5})
     assert audited[0]["kappa_harmonic_W_mK"] == pytest.approx(rows[0]["kappa_harmonic_W_mK"], rel=1e-10)
     assert audited[0]["audit_kappa_harmonic_reference_mesh_W_mK"] == pytest.approx(fresh[0]["kappa_harmonic_W_mK"], rel=1e-10)
@@ -244,7 +246,7 @@ def test_pipeline_columns_with_sscha_results():
 
     moved = results[0].supercell.copy()
     moved.positions[0] += [0.6, 0.0, 0.0]
-    distorted = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 2, EMT(), None, [replace(results[0], supercell=moved)],
+    distorted = pipeline_kappa_columns(atoms, np.eye(3, dtype=int) * 3, EMT(), None, [replace(results[0], supercell=moved)],
                                        {**cfg, "temperatures_K": [300.0]})
     assert distorted[0]["kappa_ratio"] is None and "centroids left the cell's sites" in distorted[0]["kappa_null_reason"]
 

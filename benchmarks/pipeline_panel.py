@@ -44,9 +44,9 @@ SETTINGS = {
 
 
 def min_plane_spacing_A(row: dict) -> float:
-    cell = np.asarray(row["supercell_matrix"]) @ np.asarray(row["lattice_vectors"])
-    volume = abs(np.linalg.det(cell))
-    return float(min(volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)))
+    from generate.harmonic.phonons import plane_spacings_A
+
+    return float(plane_spacings_A(np.asarray(row["supercell_matrix"]) @ np.asarray(row["lattice_vectors"])).min())
 
 
 def summarize(records: dict) -> dict:

@@ -104,16 +104,18 @@ class HarmonicResult:
         return self.n_imaginary_modes == 0
 
 
-def supercell_matrix_for_min_length(atoms: Atoms, min_length_A: float) -> np.ndarray:
-    """Smallest diagonal supercell whose lattice-plane spacings are all at least ``min_length_A``.
-
-    Plane spacings (volume over face area) bound the inscribed sphere, so images of an atom are at
-    least that far apart in every direction, also for oblique cells.
-    """
-    cell = atoms.cell.array
+def plane_spacings_A(lattice) -> np.ndarray:
+    """Distances between the lattice planes of each pair of cell vectors (volume over face area), in Å: the
+    smallest is twice the largest sphere the cell holds unwrapped, also for oblique cells."""
+    cell = np.asarray(lattice, dtype=float)
     volume = abs(np.linalg.det(cell))
-    spacings = [volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
-    return np.diag([max(1, int(np.ceil(min_length_A / s - 1e-8))) for s in spacings])
+    return np.array([volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)])
+
+
+def supercell_matrix_for_min_length(atoms: Atoms, min_length_A: float) -> np.ndarray:
+    """Smallest diagonal supercell whose lattice-plane spacings are all at least ``min_length_A``, so images of an
+    atom are at least that far apart in every direction (:func:`plane_spacings_A`)."""
+    return np.diag([max(1, int(np.ceil(min_length_A / s - 1e-8))) for s in plane_spacings_A(atoms.cell.array)])
 
 
 def mesh_frequency_mae(reference_THz: np.ndarray, candidate_THz: np.ndarray, weights: np.ndarray) -> float:

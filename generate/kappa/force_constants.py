@@ -8,7 +8,7 @@ import time
 import numpy as np
 from ase import Atoms
 
-from generate.harmonic.phonons import to_ase_atoms
+from generate.harmonic.phonons import plane_spacings_A, to_ase_atoms
 from generate.kappa.result import FC3Report, KappaSettings, Phono3pyFailure
 from thermobench.potentials import compute_forces
 
@@ -86,13 +86,6 @@ def minimum_random_snapshots(ph3, cutoff_A: float | None) -> int:
     return int(sum(estimate.values()))
 
 
-def plane_spacing_A(cell) -> float:
-    """The smallest distance between lattice planes of a (phonopy) cell: twice the largest sphere it holds unwrapped."""
-    lattice = np.asarray(cell.cell)
-    volume = abs(np.linalg.det(lattice))
-    return float(min(volume / np.linalg.norm(np.cross(lattice[(i + 1) % 3], lattice[(i + 2) % 3])) for i in range(3)))
-
-
 def fc3_from_potential(ph3, potential, settings: KappaSettings) -> FC3Report:
     """Set ``ph3.fc3`` from the potential's forces (finite displacements or symfc fit); FC2 is left alone.
 
@@ -134,7 +127,7 @@ def fc3_from_potential(ph3, potential, settings: KappaSettings) -> FC3Report:
     try:
         # symfc only where the cutoff sphere fits in the supercell (pairs unambiguous): there both solvers agree
         # (CsBr 128 atoms 1.3 %); past it they truncate images differently (rutile SnO2, 72 atoms: κ 58 vs 105 W/mK).
-        solver = "symfc" if method == "random_fit" or (cutoff is not None and cutoff < 0.5 * plane_spacing_A(ph3.supercell)) \
+        solver = "symfc" if method == "random_fit" or (cutoff is not None and cutoff < 0.5 * plane_spacings_A(ph3.supercell.cell).min()) \
             else "phono3py"
         if method == "random_fit":
             options = None if cutoff is None else f"cutoff = {cutoff}"

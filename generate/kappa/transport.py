@@ -291,12 +291,12 @@ def kappa_from_phono3py(
     )
 
 
-def failed_kappa(settings: KappaSettings, reason: str, fc3: FC3Report | None = None, evaluations: int = 0,
-                 start: float | None = None) -> KappaResult:
+def failed_kappa(settings: KappaSettings, reason: str, start: float | None = None) -> KappaResult:
+    """No κ: the FC3 solver failed (``start``: when the attempt began, for its wall time)."""
     return KappaResult(
         status="failed", reason=reason, temperatures_K=[float(t) for t in settings.temperatures_K],
         harmonic=None, renormalized=None, kappa_ratio=[None] * len(settings.temperatures_K),
-        kappa_ratio_null_reason=reason, fc3=fc3, n_potential_evaluations=evaluations, settings=settings,
+        kappa_ratio_null_reason=reason, fc3=None, n_potential_evaluations=0, settings=settings,
         wall_time_s=0.0 if start is None else time.perf_counter() - start,
     )
 
@@ -387,7 +387,7 @@ def compute_kappa(
         prepared = prepare_kappa(atoms, potential, settings, fc2_renormalized=fc2_renormalized, fc2_supercell=fc2_supercell,
                                  fc2_harmonic=fc2_harmonic, nac_params=nac_params, fc3=fc3)
     except Phono3pyFailure as error:
-        return failed_kappa(settings, str(error), None, 0, start)
+        return failed_kappa(settings, str(error), start=start)
     return replace(kappa_of_prepared(prepared, settings), wall_time_s=time.perf_counter() - start)
 
 

@@ -25,6 +25,7 @@ from generate.sscha.direct import (
     symmetrize_mass_weighted_fc,
     unconverged_status,
 )
+from generate.harmonic.phonons import plane_spacings_A
 from generate.sscha.expansion import ForceConstantExpansion, Monomials, harmonic_monomials, merge_monomials
 from generate.sscha.result import SSCHAResult, SSCHASettings, SSCHAStep
 from generate.sscha.supercell import (
@@ -93,9 +94,7 @@ def surrogate_cutoffs(model: SupercellModel, settings: SurrogateSettings) -> tup
     distances = model.atoms.get_all_distances(mic=True)
     nearest = float(distances[distances > 1e-6].min())
     cutoffs = list(settings.cutoffs_A) if settings.cutoffs_A is not None else [f * nearest for f in settings.cutoff_factors]
-    cell = model.atoms.cell.array
-    volume = abs(np.linalg.det(cell))
-    spacing = min(volume / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3))
+    spacing = plane_spacings_A(model.atoms.cell.array).min()
     tiling = int(np.floor(2 * max(cutoffs) / spacing)) + 1
     return cutoffs, tiling
 

@@ -451,3 +451,41 @@ def test_kappa_from_the_surrogates_fc3_needs_no_potential_evaluation_and_keeps_t
     # (equality with a fresh run on that mesh: tests/test_kappa.py)
     assert row["audit_kappa_harmonic_reference_mesh_W_mK"] > 0 and row["audit_kappa_renormalized_reference_mesh_W_mK"] > 0
     assert row["audit_kappa_harmonic_reference_mesh_W_mK"] != pytest.approx(row["kappa_harmonic_W_mK"], rel=1e-6)
+
+
+def test_a_temperature_held_at_the_floor_gets_no_kappa_and_costs_none(monkeypatch):
+    """κ of an SSCHA FC2 with modes held at the stabilization floor would measure the floor (phonondb's SrO2:
+    4e17 W/(m·K)): such a temperature gets null κ with the reason, the κ step sees only the free ones, and a
+    material held at every κ temperature never reaches it (no FC3)."""
+    from types import SimpleNamespace
+
+    import generate.kappa
+    from generate.run.records import _kappa_columns
+    from generate.run.settings import check_settings, settings_from_config
+
+    settings = check_settings(settings_from_config(compose("source.ids=[fcc-Cu]", "temperatures_K=[100.0,300.0,500.0]",
+                                                           "kappa=rta", "+kappa.temperatures_K=[100.0,300.0]")))
+    step = SimpleNamespace(n_stabilized_modes=0)
+
+    def result(temperature, frequencies):
+        return SimpleNamespace(temperature_K=temperature, supercell_frequencies_THz=np.array(frequencies), history=[step],
+                               force_constants_eV_A2=np.zeros((1, 1, 3, 3)))
+
+    seen = []
+
+    def adapter(cell, matrix, model, harmonic, results, cfg, **kwargs):
+        seen.append([r.temperature_K for r in results])
+        return [{"kappa_harmonic_W_mK": 1.0, "kappa_ratio": 0.9, "kappa_null_reason": None} for _ in results]
+
+    monkeypatch.setattr(generate.kappa, "pipeline_kappa_columns", adapter)
+    harmonic = SimpleNamespace(phonon=SimpleNamespace(force_constants=np.zeros((1, 1, 3, 3))))
+    mixed = [result(100.0, [0.0, 1.0, 1.0]), result(300.0, [0.0, 1.5, 2.0]), result(500.0, [0.0, 1.0, 1.0])]
+    potential = SimpleNamespace(model=None)
+    rows = _kappa_columns(settings, None, np.eye(3), potential, harmonic, mixed, floor_THz=1.0)
+    assert seen == [[300.0]]
+    assert rows[1]["kappa_ratio"] == 0.9
+    assert rows[0]["kappa_ratio"] is None and "holds 2 mode(s) at the 1 THz stabilization floor" in rows[0]["kappa_null_reason"]
+    assert rows[2]["kappa_null_reason"].startswith("not computed at this temperature")
+    seen.clear()
+    held = _kappa_columns(settings, None, np.eye(3), potential, harmonic, [mixed[0], mixed[2]], floor_THz=1.0)
+    assert seen == [] and "stabilization floor" in held[0]["kappa_null_reason"]

@@ -584,6 +584,39 @@ def test_direct_sscha_with_held_modes_stops_when_its_free_gradient_stalls(monkey
     assert [step.new_ensemble for step in result.history] == [True] * (1 + direct.STALLED_ENSEMBLES)
 
 
+def test_a_held_surrogate_result_rejected_for_its_correction_is_kept_as_a_bound(monkeypatch):
+    """A surrogate result with modes held at the floor, rejected only because its verified correction did
+    not converge, is kept (the direct engine holds the same modes): not converged, that correction in
+    every mode's error bar, and the status says so. A failed force check, or ``recompute_held``, still
+    sends it to the direct engine."""
+    from generate.sscha import SurrogateEngine, engine
+    from generate.sscha.result import SurrogateReport
+
+    atoms, k, lam, temperature_K, floor = held_z_crystal()
+    settings = SSCHASettings(temperature_K=temperature_K, **dict(ONSITE, frequency_error_target_THz=0.05), min_frequency_THz=floor)
+    held = run_sscha(atoms, OnSiteQuartic(onsite_model_reference(atoms), k, lam), SUPERCELL, settings)
+    assert held.history[-1].n_stabilized_modes == 8
+
+    def surrogate_result(force_error):
+        report = SurrogateReport(10, 1, 5, 5, 5, 0.01, 40, 0.01, force_error, 0.5, 0.02, 0.0, 0.0, 0.01, True, 100,
+                                 n_corrections=8, last_correction_THz=0.5)
+        return replace(held, backend="surrogate", surrogate=report)
+
+    direct_calls = []
+    monkeypatch.setattr(engine, "_direct", lambda *args: direct_calls.append(args) or held)
+    for force_error, recompute, to_direct in ((0.1, False, False), (0.1, True, True), (0.9, False, True)):
+        monkeypatch.setattr(engine, "run_sscha_surrogate_temperatures", lambda *args, e=force_error: [surrogate_result(e)])
+        direct_calls.clear()
+        (result,) = SurrogateEngine(recompute_held=recompute).run(atoms, None, SUPERCELL, [settings])
+        assert bool(direct_calls) == to_direct, (force_error, recompute)
+        if not to_direct:
+            assert result.backend == "surrogate" and not result.converged
+            assert "8 mode(s) held at the stabilization floor: kept as a bound" in result.status
+            assert "verified frequency correction 0.500 THz after 8 step(s)" in result.status
+            np.testing.assert_allclose(result.supercell_frequency_errors_THz,
+                                       np.hypot(held.supercell_frequency_errors_THz, 0.5))
+
+
 def test_free_gradient_leaves_out_only_what_the_floor_holds():
     """Modes at the floor are degenerate: the part of the gradient's block among them that pushes them
     down (its positive eigenvalues, whatever basis) cannot vanish; their couplings to other modes can,

@@ -48,12 +48,7 @@ def register() -> None:
     store.store(group="base", name="relax", node=node(RelaxSettings, leave_out=("symprec",)))
     store.store(group="base", name="harmonic", node=node(HarmonicSettings, leave_out=("temperatures_K", "supercell_matrix")))
     store.store(group="base", name="sscha", node=node(SSCHASettings))
-    engine = SurrogateEngine()
-    store.store(group="base", name="surrogate_engine", node={
-        "max_relative_force_error": engine.max_relative_force_error,
-        "max_frequency_correction_THz": engine.max_frequency_correction_THz,
-        "surrogate": plain(engine.surrogate),
-    })
+    store.store(group="base", name="surrogate_engine", node=node(SurrogateEngine))
     store.store(group="base", name="kappa", node=node(KappaSettings, leave_out=("temperatures_K", "seed", "symprec")))
 
 

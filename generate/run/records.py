@@ -155,7 +155,7 @@ def _compute_rows(material: Material, settings: GeneratorSettings, device: str, 
     ren_meshes = _stage("embedding", _embedded_meshes, cell, matrix, harmonic, large, results, symprec)
 
     kappas = _stage("kappa", _kappa_columns, settings, cell, matrix, loaded, harmonic, results, reference.nac_params,
-                    in_audit_sample(material.material_id, settings.audit_every))
+                    in_audit_sample(material.material_id, settings.audit_every), floor)
     matched = _stage("modes", _matched_modes, cell, matrix, harmonic, results, symprec)
     classical = [_stage("classical", classical_sigma_A, cell, matrix, model, r, one, settings.classical_sigma_A_configurations)
                  for r, one in zip(results, settings.sscha, strict=True)]
@@ -491,13 +491,25 @@ def _spacegroup_number_symbol(atoms, symprec: float) -> tuple[int, str]:
 
 
 def _kappa_columns(settings: GeneratorSettings, cell, matrix, loaded, harmonic, results, nac_params=None,
-                   audited: bool = False) -> list[dict]:
+                   audited: bool = False, floor_THz: float | None = None) -> list[dict]:
     """κ columns per temperature: computed when enabled and generate.kappa exists, else null with the reason.
     ``audited`` (the audit sample): κ again on ``audit.kappa_q_mesh``, and with the other FC3 (the surrogate's
-    cubic terms where the rows use the potential's finite displacements, and the reverse), in the audit columns."""
+    cubic terms where the rows use the potential's finite displacements, and the reverse), in the audit columns.
+    A temperature whose SSCHA holds modes at ``floor_THz`` gets no κ: its FC2's soft modes sit where the floor
+    put them, so κ_ren would measure the floor (SrO2: 4e17 W/(m·K)); with no ratio, κ_harm is not computed either."""
     cfg = settings.kappa
     if not cfg.get("enabled", False):
         return [_null_kappa("not computed: kappa disabled in the generation settings") for _ in results]
+    held = [0 if floor_THz is None else n_at_floor(r, floor_THz) for r in results]
+    if any(held):
+        free = [r for r, n in zip(results, held, strict=True) if not n]
+        wanted = [float(t) for t in cfg.get("temperatures_K") or [r.temperature_K for r in results]]
+        columns = iter(_kappa_columns(settings, cell, matrix, loaded, harmonic, free, nac_params, audited) if free else [])
+        return [next(columns) if not n else _null_kappa(
+            f"not computed: the SSCHA FC2 holds {n} mode(s) at the {floor_THz:g} THz stabilization floor, so "
+            "κ_renormalized would measure the floor, not the crystal (κ_harmonic is left out with the ratio)"
+            if any(abs(r.temperature_K - t) < 1e-9 for t in wanted) else
+            f"not computed at this temperature (kappa.temperatures_K = {wanted})") for r, n in zip(results, held, strict=True)]
     try:
         from generate import kappa as kappa_module
     except ImportError:

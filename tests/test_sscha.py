@@ -605,7 +605,7 @@ def test_a_held_surrogate_result_rejected_for_its_correction_is_kept_as_a_bound(
     direct_calls = []
     monkeypatch.setattr(engine, "_direct", lambda *args: direct_calls.append(args) or held)
     for force_error, recompute, to_direct in ((0.1, False, False), (0.1, True, True), (0.9, False, True)):
-        monkeypatch.setattr(engine, "run_sscha_surrogate_temperatures", lambda *args, e=force_error: [surrogate_result(e)])
+        monkeypatch.setattr(engine, "run_sscha_surrogate_temperatures", lambda *args, e=force_error, **kwargs: [surrogate_result(e)])
         direct_calls.clear()
         (result,) = SurrogateEngine(recompute_held=recompute).run(atoms, None, SUPERCELL, [settings])
         assert bool(direct_calls) == to_direct, (force_error, recompute)
@@ -615,6 +615,36 @@ def test_a_held_surrogate_result_rejected_for_its_correction_is_kept_as_a_bound(
             assert "verified frequency correction 0.500 THz after 8 step(s)" in result.status
             np.testing.assert_allclose(result.supercell_frequency_errors_THz,
                                        np.hypot(held.supercell_frequency_errors_THz, 0.5))
+
+
+def test_a_held_solution_is_verified_without_growing_its_ensemble(quartic_bond_crystal, monkeypatch):
+    """``held_as_bound``: a surrogate solution with modes held at the floor is verified on the base ensemble
+    (no frequency target to grow towards), since the engine keeps it as a bound; unheld ones, or with the
+    option off, are verified to the target."""
+    from generate.sscha import surrogate_run
+
+    _, _, surrogate_settings = quartic_bond_crystal
+    solve, verify = surrogate_run.run_scha_on_expansion, surrogate_run.verify_surrogate
+    targets = []
+
+    def held(*args, **kwargs):
+        result = solve(*args, **kwargs)
+        return replace(result, history=(*result.history[:-1], replace(result.history[-1], n_stabilized_modes=2)))
+
+    def recorded(*args, **kwargs):
+        targets.append(args[9])
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(surrogate_run, "verify_surrogate", recorded)
+    atoms = bulk("Ar", "fcc", a=FCC["a"])
+    settings = SSCHASettings(temperature_K=300.0, n_configurations=400, q_mesh=(2, 2, 2), frequency_error_target_THz=0.02)
+    calculator = QuarticBonds(supercell_model(atoms, SUPERCELL, settings).atoms, 1.0, 20.0, cutoff_A=1.1 * FCC["nearest_A"])
+    for solver, as_bound, expected in ((solve, True, 0.02), (held, False, 0.02), (held, True, None)):
+        monkeypatch.setattr(surrogate_run, "run_scha_on_expansion", solver)
+        targets.clear()
+        surrogate_run.run_sscha_surrogate_temperatures(atoms, calculator, SUPERCELL, [settings], surrogate_settings,
+                                                       held_as_bound=as_bound)
+        assert targets and all(t == expected for t in targets), (as_bound, targets)
 
 
 def test_free_gradient_leaves_out_only_what_the_floor_holds():

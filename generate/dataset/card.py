@@ -402,7 +402,9 @@ def fidelity_section(ok: list[dict], failed: list[dict], rows: list[dict], setti
                   "instability of the cell at that temperature, or the potential's); they are flagged, not converged, "
                   "and explained in `sscha_status`. The other modes are solved self-consistently with those held "
                   "(the constrained SCHA; `sscha_status` says \"self-consistent with N modes held\" when it was reached, "
-                  "\"stalled with N modes held\" when modes crossing the floor and back kept it from being reached).")
+                  "\"stalled with N modes held\" when modes crossing the floor and back kept it from being reached; "
+                  "\"kept as a bound\" when the surrogate's verified correction did not converge, which is then in "
+                  "the error bars). They carry no κ: κ_renormalized would measure the floor.")
     lines += ["", floor_text]
     n_attempted = len(ok) + len(failed)
     stages = Counter(r.get("stage") for r in failed)

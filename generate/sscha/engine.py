@@ -80,9 +80,11 @@ class SurrogateEngine:
 
     def run(self, atoms: Atoms, potential, supercell_matrix, settings: list[SSCHASettings],
             harmonic: tuple[np.ndarray, int] | None = None) -> list[SSCHAResult]:
-        inputs = (atoms, np.asarray(supercell_matrix), settings, self.surrogate, self.max_relative_force_error, harmonic)
+        inputs = (atoms, np.asarray(supercell_matrix), settings, self.surrogate, self.max_relative_force_error, harmonic,
+                  self.recompute_held)
         surrogate_results = active_checkpoints().cached("sscha-surrogate", inputs, lambda: list(run_sscha_surrogate_temperatures(
-            atoms, potential, supercell_matrix, settings, self.surrogate, harmonic, self.max_relative_force_error)))
+            atoms, potential, supercell_matrix, settings, self.surrogate, harmonic, self.max_relative_force_error,
+            held_as_bound=not self.recompute_held)))
         out = []
         for one, result in zip(settings, surrogate_results, strict=True):
             reasons = [str(result)] if isinstance(result, SurrogateDiverged) else self.rejection(result)

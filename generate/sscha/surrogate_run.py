@@ -128,6 +128,7 @@ def run_sscha_surrogate_temperatures(
     surrogate: SurrogateSettings = SurrogateSettings(),
     harmonic: tuple[np.ndarray, int] | None = None,
     give_up_above: float | None = None,
+    held_as_bound: bool = False,
 ) -> list[SSCHAResult | SurrogateDiverged]:
     """The SSCHA at several temperatures (one ``SSCHASettings`` each) from one surrogate fit, trained
     at the highest; temperatures are solved from the highest down, each starting from the Φ of the
@@ -135,8 +136,7 @@ def run_sscha_surrogate_temperatures(
     highest temperature's ``n_potential_evaluations`` and wall time. Results come in the given order;
     a temperature whose SCHA left the surrogate's fitted region comes as its :class:`SurrogateDiverged`
     (the next one then starts from the last good Φ).
-    ``give_up_above``: a relative force error above which a temperature's verification stops early (see
-    :func:`solve_on_surrogate`)."""
+    ``give_up_above``, ``held_as_bound``: see :func:`solve_on_surrogate`."""
     start = time.perf_counter()
     order = sorted(range(len(settings)), key=lambda k: -settings[k].temperature_K)
     fit, evaluations = train_surrogate(atoms, potential, supercell_matrix, settings[order[0]], surrogate, harmonic)
@@ -145,7 +145,8 @@ def run_sscha_surrogate_temperatures(
     initial = None
     for rank, k in enumerate(order):
         try:
-            result = solve_on_surrogate(fit, atoms, potential, supercell_matrix, settings[k], surrogate, initial, give_up_above)
+            result = solve_on_surrogate(fit, atoms, potential, supercell_matrix, settings[k], surrogate, initial, give_up_above,
+                                        held_as_bound)
         except SurrogateDiverged as error:
             log.info("surrogate at %g K: %s", settings[k].temperature_K, error)
             if rank == 0:
@@ -170,6 +171,7 @@ def solve_on_surrogate(
     surrogate: SurrogateSettings,
     initial_force_constants: np.ndarray | None = None,
     give_up_above: float | None = None,
+    held_as_bound: bool = False,
 ) -> SSCHAResult:
     """The SSCHA at ``settings.temperature_K`` on the surrogate, verified with the potential.
 
@@ -189,6 +191,9 @@ def solve_on_surrogate(
     ``give_up_above``: when the fit's forces are off by more than this relative error (the
     threshold at which the caller rejects the surrogate), its verification ensemble is not grown and
     no correction steps are taken: precision spent on a result that will be discarded is wasted.
+    ``held_as_bound``: a solution with modes held at the stabilization floor is a bound (the caller keeps it
+    as such), so its verification ensemble is not grown towards the frequency target: SrO2's grew to
+    hundreds of evaluations per correction step for modes the floor holds anyway.
     """
     from generate.harmonic.phonons import commensurate_qpoints
 
@@ -225,9 +230,10 @@ def solve_on_surrogate(
         n_surrogate_evaluations += result.n_potential_evaluations
         dynamical = to_matrix(result.force_constants_eV_A2) / mass_outer
         centroids = result.supercell.positions
+        held = held_as_bound and bool(result.history) and result.history[-1].n_stabilized_modes > 0
+        verify_target = None if target is None or held else target if analytic else target * np.sqrt(3) / 2
         check = verify_surrogate(
-            model, potential, fit.expansion, dynamical, centroids, harmonic_dynamical, settings, surrogate, rng,
-            None if target is None else target if analytic else target * np.sqrt(3) / 2,
+            model, potential, fit.expansion, dynamical, centroids, harmonic_dynamical, settings, surrogate, rng, verify_target,
             refit_threshold_THz=surrogate.refit_threshold_THz if attempt < surrogate.max_refits else None,
             give_up_above=give_up_above,
         )
@@ -253,7 +259,7 @@ def solve_on_surrogate(
         dynamical, _ = stabilize(model, check.corrected_dynamical, settings.min_frequency_THz)
         free_energy, gradient, _ = scha_point(model, fit.expansion, dynamical, centroids, settings)
         check = verify_surrogate(model, potential, fit.expansion, dynamical, centroids, harmonic_dynamical, settings,
-                                 surrogate, rng, target, surrogate_gradient=gradient, reuse=check.ensemble)
+                                 surrogate, rng, verify_target, surrogate_gradient=gradient, reuse=check.ensemble)
         evaluations += check.n_new
         last_step = float(np.abs(signed_mode_frequencies_THz(model, check.corrected_dynamical)
                                  - signed_mode_frequencies_THz(model, dynamical)).max())

@@ -9,7 +9,10 @@ permutation of the training split per pass) and, of each, its perfect supercell 
 ``displacements_per_step`` of its displaced supercells at random; the loss is that of
 ``generate.potential.finetune`` (DFT force change relative to the perfect supercell, weighted by the material's
 inverse mean squared DFT force; zero forces on the perfect supercell; the energy of the perfect
-supercell anchored to the base model) plus a replay batch every ``replay_every`` steps.
+supercell anchored to the base model) plus a replay batch every ``replay_every`` steps. With ``distill_weight`` > 0
+each material also brings ``2 distill_pairs`` supercells displaced as at ``distill_temperature_K`` by DFT's phonons,
+labelled by the base model anchored on DFT's FC2 (``generate/potential/distillation.py``): DFT's harmonic part and
+the base's anharmonicity, which the 0.01 Å data alone leave free to drift.
 
 Every ``validate_every`` steps the relative force-change error on a fixed subset of the validation
 split is measured; the best model so far is saved (``best/``). The state (model, optimizer, step,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,17 +46,19 @@ from generate.potential.finetune import (
 class MaterialCache:
     """Displaced supercells and DFT forces of phonondb materials, read on first use."""
 
-    def __init__(self, phonondb_dir: Path, element_types):
+    def __init__(self, phonondb_dir: Path, element_types, thermal=None):
         from thermobench.phonondb import archive_path
 
         self._archive_path = archive_path
         self.phonondb_dir = Path(phonondb_dir)
         self.element_types = set(element_types)
+        self.thermal = thermal  # (phonon, material_id) -> (supercells, ΔF labels) or None; None: no distillation
         self.data: dict[str, tuple] = {}
         self.skipped: dict[str, str] = {}
 
     def get(self, entry):
-        """``(perfect Atoms, [displaced Atoms], forces (n, natom, 3), weight)`` or None if unusable."""
+        """``(perfect Atoms, [displaced Atoms], forces (n, natom, 3), weight, thermal)`` or None if unusable;
+        ``thermal``: the anchored thermal supercells and their labels, or None."""
         from generate.harmonic.phonons import to_ase_atoms
 
         key = entry.material_id
@@ -66,7 +72,8 @@ class MaterialCache:
                 phonon = load_phonon_dataset(self._archive_path(self.phonondb_dir, entry))
                 cells, forces = displaced_forces(phonon)
                 weight = 1.0 / float(np.mean(forces**2))
-                self.data[key] = (to_ase_atoms(phonon.supercell), [to_ase_atoms(c) for c in cells], forces, weight)
+                thermal = None if self.thermal is None else self.thermal(phonon, key)
+                self.data[key] = (to_ase_atoms(phonon.supercell), [to_ase_atoms(c) for c in cells], forces, weight, thermal)
             except (DatasetError, FileNotFoundError, ValueError) as error:
                 self.skipped[key] = str(error)
                 print(f"skipped {error}", file=sys.stderr, flush=True)
@@ -74,14 +81,18 @@ class MaterialCache:
         return self.data[key]
 
 
-def material_samples(cache: MaterialCache, entry, displacements: int, rng, anchor) -> list[Sample]:
-    """The perfect supercell and ``displacements`` random displaced supercells of one material."""
+def material_samples(cache: MaterialCache, entry, displacements: int, rng, anchor, distill_weight: float = 0.0) -> list[Sample]:
+    """The perfect supercell, ``displacements`` random displaced supercells of one material and its thermal ones
+    (each weighted by ``distill_weight`` over its own mean squared label: thermal forces are ~10× DFT's 0.01 Å ones)."""
     got = cache.get(entry)
     if got is None:
         return []
-    perfect, cells, forces, weight = got
+    perfect, cells, forces, weight, thermal = got
     chosen = rng.choice(len(cells), size=min(displacements, len(cells)), replace=False)
     samples = [Sample(entry.material_id, cells[k], forces[k], force_weight=weight) for k in sorted(chosen)]
+    if thermal is not None and distill_weight > 0:
+        samples += [Sample(entry.material_id, atoms, label, force_weight=distill_weight / float(np.mean(label**2)))
+                    for atoms, label in zip(*thermal, strict=True)]
     energy = anchor(entry.material_id, perfect)
     samples.append(Sample(entry.material_id, perfect, np.zeros((len(perfect), 3)), energy, True, weight))
     return samples
@@ -96,22 +107,33 @@ def step_materials(entries: list, step: int, per_step: int, seed: int) -> list:
 
 
 def validation_error(potential, cache, entries, displacements: int, seed: int) -> dict:
-    """Mean over materials of the relative force-change error |ΔF_pred - ΔF_DFT| / rms(ΔF_DFT)."""
+    """Mean over materials of the relative force-change error |ΔF_pred - ΔF_DFT| / rms(ΔF_DFT), and where the
+    cache has thermal supercells the same against their anchored labels (``anchored_force_change_mae``: how far
+    the model's anharmonicity has moved from the base's)."""
     from thermobench.potentials import evaluate_batch
 
-    errors = {}
+    errors, thermal_errors = {}, {}
     for index, entry in enumerate(entries):
         got = cache.get(entry)
         if got is None:
             continue
-        perfect, cells, forces, _ = got
+        perfect, cells, forces, _, thermal = got
         rng = np.random.default_rng([seed, index])
         chosen = sorted(rng.choice(len(cells), size=min(displacements, len(cells)), replace=False))
-        predicted = evaluate_batch(potential, [perfect] + [cells[k] for k in chosen]).forces_eV_A
-        change = np.array([predicted[1 + i] - predicted[0] for i in range(len(chosen))])
-        target = forces[chosen]
-        errors[entry.material_id] = float(np.abs(change - target).mean() / np.sqrt(np.mean(target**2)))
-    return {"relative_force_change_mae": float(np.mean(list(errors.values()))), "n_materials": len(errors)}
+        extra = list(thermal[0]) if thermal is not None else []
+        predicted = evaluate_batch(potential, [perfect] + [cells[k] for k in chosen] + extra).forces_eV_A
+        change = np.array([predicted[1 + i] - predicted[0] for i in range(len(chosen) + len(extra))])
+        errors[entry.material_id] = relative_mae(change[: len(chosen)], forces[chosen])
+        if extra:
+            thermal_errors[entry.material_id] = relative_mae(change[len(chosen):], thermal[1])
+    out = {"relative_force_change_mae": float(np.mean(list(errors.values()))), "n_materials": len(errors)}
+    if thermal_errors:
+        out["anchored_force_change_mae"] = float(np.mean(list(thermal_errors.values())))
+    return out
+
+
+def relative_mae(predicted: np.ndarray, target: np.ndarray) -> float:
+    return float(np.abs(predicted - target).mean() / np.sqrt(np.mean(target**2)))
 
 
 def finetune_at_scale(config) -> dict:
@@ -144,7 +166,14 @@ def finetune_at_scale(config) -> dict:
         train = train[: source.max_train_materials]
     validation = select(index, "validation", **filters)
     validation = [validation[i] for i in np.random.default_rng(config.seed).permutation(len(validation))[: source.validation_materials]]
-    cache = MaterialCache(Path(source.phonondb_dir), element_types)
+    thermal = None
+    if config.distill_weight > 0:
+        from generate.potential.distillation import anchored_thermal_samples
+
+        def thermal(phonon, material_id):  # a material's own stream: the same supercells whenever it is read
+            return anchored_thermal_samples(base, phonon, config.distill_temperature_K, config.distill_pairs,
+                                            np.random.default_rng([config.seed, zlib.crc32(material_id.encode())]))
+    cache = MaterialCache(Path(source.phonondb_dir), element_types, thermal)
     anchors: dict[str, float] = {}
 
     def anchor(material_id, atoms):
@@ -200,7 +229,7 @@ def finetune_at_scale(config) -> dict:
         samples = []
         for entry in step_materials(train, step, source.materials_per_step, config.seed):
             state.setdefault("train_read", set()).add(entry.material_id)
-            samples += material_samples(cache, entry, source.displacements_per_step, rng, anchor)
+            samples += material_samples(cache, entry, source.displacements_per_step, rng, anchor, config.distill_weight)
         if config.replay_every and replay and step % config.replay_every == 0:
             samples += [replay[k] for k in rng.choice(len(replay), size=min(config.batch_size, len(replay)), replace=False)]
         if samples:
@@ -245,7 +274,8 @@ def finetune_at_scale(config) -> dict:
                  else state["history"][-1].get("materials_seen", 0) - len(validation),
                  "validation_materials": len(validation), "read": sorted(cache.data), "skipped": cache.skipped},
         "hyperparameters": {k: config[k] for k in ("lr", "max_steps", "batch_size", "force_weight", "equilibrium_weight", "energy_weight",
-                                                    "seed", "replay_structures", "replay_every", "gradient_clip", "validate_every")}
+                                                    "seed", "replay_structures", "replay_every", "gradient_clip", "validate_every",
+                                                    "distill_weight", "distill_temperature_K", "distill_pairs")}
         | {"materials_per_step": source.materials_per_step, "displacements_per_step": source.displacements_per_step,
            "frozen_prefixes": list(config.frozen_prefixes), "frozen_parameters": len(frozen)},
         "supercells_seen": state["step"] * source.materials_per_step * (source.displacements_per_step + 1),

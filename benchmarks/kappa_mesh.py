@@ -30,18 +30,22 @@ REPO = Path(__file__).resolve().parents[1]
 TEMPERATURE_K = 300.0
 
 
-def measure(material, settings, loaded, reference_mesh, lengths) -> dict:
+class DFTUnstable(Exception):
+    """No κ_harm to compare: a DFT mesh frequency is imaginary."""
+
+
+def anchored_300K(material, settings, loaded):
+    """The anchoring panel's path up to κ at 300 K: (DFT reference, κ plan, SSCHA result, CPU s); raises
+    :class:`DFTUnstable` before any SSCHA for a crystal unstable in DFT."""
     from generate.harmonic.reference import dft_reference
     from generate.kappa.step import kappa_plan
-    from generate.kappa.transport import kappa_of_prepared, prepare_kappa
     from generate.run.records import sscha_with_floor
 
     start = time.process_time()
     reference = dft_reference(material, material.atoms(), loaded, settings)
     tolerance = settings.harmonic.imaginary_tolerance_THz
-    if np.min(reference.large.mesh_frequencies_THz) < -tolerance:  # no κ_harm to compare: skip before any SSCHA
-        return {"material_id": material.material_id, "formula": material.formula,
-                "error": f"DFT-unstable (a mesh frequency below -{tolerance} THz): no κ"}
+    if np.min(reference.large.mesh_frequencies_THz) < -tolerance:
+        raise DFTUnstable(f"DFT-unstable (a mesh frequency below -{tolerance} THz): no κ")
     one = [s for s in settings.sscha if abs(s.temperature_K - TEMPERATURE_K) < 1e-9]
     fc_harmonic = np.asarray(reference.harmonic.phonon.force_constants)
     results, _, _ = sscha_with_floor(settings.engine, reference.cell, reference.sscha_potential, reference.supercell_matrix,
@@ -50,12 +54,29 @@ def measure(material, settings, loaded, reference_mesh, lengths) -> dict:
               "imaginary_tolerance_THz": settings.harmonic.imaginary_tolerance_THz, "temperatures_K": [TEMPERATURE_K]}
     plan = kappa_plan(reference.supercell_matrix, results, values)
     (result,) = plan.chosen
-    sscha_s = time.process_time() - start
+    return reference, plan, result, time.process_time() - start
+
+
+def prepared_kappa(reference, plan, result, loaded, settings=None):
+    """:func:`generate.kappa.transport.prepare_kappa` with the SSCHA's FC2s, DFT's Born charges and ``settings``
+    (default: the plan's)."""
+    from generate.kappa.transport import prepare_kappa
+
+    return prepare_kappa(reference.cell, loaded.model, settings or plan.settings, fc3=plan.fc3,
+                         fc2_renormalized={TEMPERATURE_K: result.force_constants_eV_A2}, fc2_supercell=result.supercell,
+                         fc2_harmonic=result.harmonic_force_constants_eV_A2,
+                         nac_params=None if reference.nac_params is None else dict(reference.nac_params))
+
+
+def measure(material, settings, loaded, reference_mesh, lengths) -> dict:
+    from generate.kappa.transport import kappa_of_prepared
+
+    try:
+        reference, plan, result, sscha_s = anchored_300K(material, settings, loaded)
+    except DFTUnstable as error:
+        return {"material_id": material.material_id, "formula": material.formula, "error": str(error)}
     start = time.process_time()
-    prepared = prepare_kappa(reference.cell, loaded.model, plan.settings, fc3=plan.fc3,
-                             fc2_renormalized={TEMPERATURE_K: result.force_constants_eV_A2}, fc2_supercell=result.supercell,
-                             fc2_harmonic=result.harmonic_force_constants_eV_A2,
-                             nac_params=None if reference.nac_params is None else dict(reference.nac_params))
+    prepared = prepared_kappa(reference, plan, result, loaded)
     record = {"material_id": material.material_id, "formula": material.formula, "n_primitive_atoms": len(prepared.ph3.primitive),
               "sscha_and_reference_cpu_s": sscha_s, "fc3_cpu_s": time.process_time() - start,
               "fc3_evaluations": prepared.fc3.n_potential_evaluations, "meshes": []}
@@ -114,12 +135,48 @@ def _f(value, digits=2):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def main(argv=None) -> None:
+def run_panel(args, measure_one) -> None:
+    """``measure_one(material, settings, loaded)`` for every panel crystal without a record under ``args.work``
+    (the anchoring panel's settings; ``args``: phonondb_dir, plain, work, report_only, reverse)."""
     from generate.run.config import compose
     from generate.run.settings import check_settings, settings_from_config
     from generate.run.sources import materials_from_config
     from thermobench.potentials import load_named_potential
 
+    ids = sorted(r["source_id"] for r in records(args.plain).values() if r.get("source") == "phonondb")
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        return
+    if args.phonondb_dir is None:
+        raise SystemExit("--phonondb-dir is needed to compute (or pass --report-only)")
+    cfg = compose("generate", [*SETTINGS, f"source.phonondb_dir={args.phonondb_dir}", f"source.ids=[{','.join(ids)}]"])
+    settings = check_settings(settings_from_config(cfg))
+    loaded = load_named_potential(settings.potential, "cpu")
+    materials = materials_from_config(cfg.source)
+    for k, material in enumerate(materials[::-1] if args.reverse else materials):
+        path = args.work / f"{material.material_id}.json"
+        if path.exists():
+            continue
+        print(f"[{k + 1}/{len(ids)}] {material.material_id} ({material.formula})", flush=True)
+        try:
+            record = measure_one(material, settings, loaded)
+        except Exception as error:  # noqa: BLE001 - one crystal's failure is reported, the panel goes on
+            record = {"material_id": material.material_id, "formula": material.formula, "error": f"{type(error).__name__}: {error}"}
+        path.write_text(json.dumps(record, indent=1))
+
+
+def write_report(args, name: str, report, argv) -> None:
+    """The records under ``args.work`` as ``report.json`` and ``report.md`` (``report(materials, command)``) in ``args.out``."""
+    materials = [json.loads(p.read_text()) for p in sorted(args.work.glob("*.json"))]
+    command = f"python -m benchmarks.{name} " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps({"command": command, "materials": materials}, indent=1))
+    text = report(materials, command)
+    (args.out / "report.md").write_text(text)
+    print(text)
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phonondb-dir", type=Path)
     parser.add_argument("--plain", type=Path, default=PLAIN, help="the panel: the phonondb crystals of these records")
@@ -130,34 +187,8 @@ def main(argv=None) -> None:
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--reverse", action="store_true", help="last material first: a second process on another core")
     args = parser.parse_args(argv)
-    ids = sorted(r["source_id"] for r in records(args.plain).values() if r.get("source") == "phonondb")
-    args.work.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
-        if args.phonondb_dir is None:
-            parser.error("--phonondb-dir is needed to compute (or pass --report-only)")
-        cfg = compose("generate", [*SETTINGS, f"source.phonondb_dir={args.phonondb_dir}", f"source.ids=[{','.join(ids)}]"])
-        settings = check_settings(settings_from_config(cfg))
-        loaded = load_named_potential(settings.potential, "cpu")
-        materials = materials_from_config(cfg.source)
-        for k, material in enumerate(materials[::-1] if args.reverse else materials):
-            path = args.work / f"{material.material_id}.json"
-            if path.exists():
-                continue
-            print(f"[{k + 1}/{len(ids)}] {material.material_id} ({material.formula})", flush=True)
-            try:
-                record = measure(material, settings, loaded, args.reference, args.lengths)
-            except Exception as error:  # noqa: BLE001 - one crystal's failure is reported, the panel goes on
-                record = {"material_id": material.material_id, "formula": material.formula,
-                          "error": f"{type(error).__name__}: {error}"}
-            path.write_text(json.dumps(record, indent=1))
-    materials = [json.loads(p.read_text()) for p in sorted(args.work.glob("*.json"))]
-    command = "python -m benchmarks.kappa_mesh " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps({"command": command, "materials": materials}, indent=1))
-    text = report(materials, command)
-    (args.out / "report.md").write_text(text)
-    print(text)
-
+    run_panel(args, lambda material, settings, loaded: measure(material, settings, loaded, args.reference, args.lengths))
+    write_report(args, "kappa_mesh", report, argv)
 
 if __name__ == "__main__":
     main()

@@ -97,7 +97,7 @@ def test_finetune_at_scale_streams_phonondb_resumes_and_never_reads_the_test_spl
                 "source.name=phonondb", f"source.phonondb_dir={fixtures}", "source.materials_per_step=1",
                 "source.displacements_per_step=1", "source.validation_materials=1", "replay_structures=2",
                 "replay_every=2", f"max_steps={max_steps}", "validate_every=2", "parity_dir=null",
-                f"out_dir={tmp_path / 'ft'}", "lr=1e-5"])
+                f"out_dir={tmp_path / 'ft'}", "lr=1e-5", "distill_weight=1.0"])
 
     report = finetune_at_scale(config(4))
     splits = {e.material_id: e.split for e in read_index()}

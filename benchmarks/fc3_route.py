@@ -26,8 +26,9 @@ from benchmarks.anchoring_panel import PLAIN
 from benchmarks.kappa_mesh import (
     TEMPERATURE_K,
     DFTUnstable,
+    _f,
     anchored_300K,
-    deviation,
+    deviation_spreads,
     prepared_kappa,
     run_panel,
     write_report,
@@ -87,13 +88,11 @@ def report(materials: list[dict], command: str) -> str:
                                                             for m in materials if "error" in m) or "none"), "",
              "| route | κ_harm: median / largest \\|dev\\| | κ ratio: median / largest \\|dev\\| | FC3 cost vs first | "
              "evaluations vs first |", "|---|---:|---:|---:|---:|"]
-    fmt = lambda xs: f"{100 * np.median(xs):.1f} % / {100 * max(xs):.1f} %" if xs else "—"  # noqa: E731
     for k, route in enumerate(routes):
-        harm = [abs(d) for m in ok if (d := deviation(m["routes"][k]["kappa_harmonic_W_mK"], m["routes"][0]["kappa_harmonic_W_mK"])) is not None]
-        ratio = [abs(d) for m in ok if (d := deviation(m["routes"][k]["kappa_ratio"], m["routes"][0]["kappa_ratio"])) is not None]
+        harm, ratio = deviation_spreads(ok, "routes", k)
         cost = sum(m["routes"][k]["fc3_cpu_s"] for m in ok) / max(sum(m["routes"][0]["fc3_cpu_s"] for m in ok), 1e-9)
         evaluations = sum(m["routes"][k]["fc3_evaluations"] for m in ok) / max(sum(m["routes"][0]["fc3_evaluations"] for m in ok), 1)
-        lines.append(f"| {route} | {fmt(harm)} | {fmt(ratio)} | {cost:.3f} | {evaluations:.3f} |")
+        lines.append(f"| {route} | {harm} | {ratio} | {cost:.3f} | {evaluations:.3f} |")
     lines += ["", "## Per material", "", "| material | supercell atoms | "
               + " | ".join(f"{r}: κ_harm, ratio, evaluations, FC3 s, RTA s" for r in routes) + " |",
               "|---|---:|" + "---|" * len(routes)]
@@ -102,10 +101,6 @@ def report(materials: list[dict], command: str) -> str:
                  f"{x['rta_cpu_s']:.0f}" for x in m["routes"]]
         lines.append(f"| {m['material_id']} ({m['formula']}) | {m['n_supercell_atoms']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _f(value, digits=2):
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv=None) -> None:

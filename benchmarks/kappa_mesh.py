@@ -97,6 +97,16 @@ def deviation(value, reference):
     return None if value is None or reference is None or reference == 0 else float(value / reference - 1)
 
 
+def deviation_spreads(ok: list[dict], key: str, k: int) -> tuple[str, str]:
+    """"median / largest |deviation|" of κ_harm and of the κ ratio of each material's ``key`` variant ``k`` from
+    its variant 0 (meshes, FC3 routes)."""
+    def spread(name):
+        xs = [abs(d) for m in ok if (d := deviation(m[key][k][name], m[key][0][name])) is not None]
+        return f"{100 * np.median(xs):.1f} % / {100 * max(xs):.1f} %" if xs else "—"
+
+    return spread("kappa_harmonic_W_mK"), spread("kappa_ratio")
+
+
 def report(materials: list[dict], command: str) -> str:
     ok = [m for m in materials if "meshes" in m]
     labels = [m["q_mesh"] for m in ok[0]["meshes"]] if ok else []
@@ -113,13 +123,11 @@ def report(materials: list[dict], command: str) -> str:
              "| mesh | κ_harm: median / largest \\|dev\\| | κ ratio: median / largest \\|dev\\| | cost vs first | "
              "κ (FC3 + RTA) share of the material's cost |", "|---|---:|---:|---:|---:|"]
     for k, label in enumerate(labels):
-        harm = [abs(d) for m in ok if (d := deviation(m["meshes"][k]["kappa_harmonic_W_mK"], m["meshes"][0]["kappa_harmonic_W_mK"])) is not None]
-        ratio = [abs(d) for m in ok if (d := deviation(m["meshes"][k]["kappa_ratio"], m["meshes"][0]["kappa_ratio"])) is not None]
+        harm, ratio = deviation_spreads(ok, "meshes", k)
         cost = sum(m["meshes"][k]["cpu_s"] for m in ok) / max(sum(m["meshes"][0]["cpu_s"] for m in ok), 1e-9)
         share = np.median([(m["fc3_cpu_s"] + m["meshes"][k]["cpu_s"]) /
                            (m["fc3_cpu_s"] + m["meshes"][k]["cpu_s"] + m["sscha_and_reference_cpu_s"]) for m in ok])
-        fmt = lambda xs: f"{100 * np.median(xs):.1f} % / {100 * max(xs):.1f} %" if xs else "—"  # noqa: E731
-        lines.append(f"| {name(label)} | {fmt(harm)} | {fmt(ratio)} | {cost:.3f} | {100 * share:.0f} % (median) |")
+        lines.append(f"| {name(label)} | {harm} | {ratio} | {cost:.3f} | {100 * share:.0f} % (median) |")
     lines += ["", "## Per material", "", "| material | primitive atoms | FC3 CPU s | "
               + " | ".join(f"{name(q)}: mesh, κ_harm, ratio, CPU s" for q in labels) + " |",
               "|---|---:|---:|" + "---|" * len(labels)]

@@ -451,9 +451,11 @@ def sscha_with_floor(engine, cell, model, matrix, per_temperature: list, harmoni
 
 def n_at_floor(result, floor_THz: float) -> int:
     """Modes of the final auxiliary system the stabilization rule holds at its floor (ω = ω_min)."""
+    from generate.sscha.result import n_held
+
     nu = np.asarray(result.supercell_frequencies_THz)
     at_floor = int(np.sum(np.abs(nu - floor_THz) < 1e-6 * max(floor_THz, 1e-12)))
-    return max(at_floor, int(result.history[-1].n_stabilized_modes) if result.history else 0)
+    return max(at_floor, n_held(result))
 
 
 def _matched_modes(cell, matrix, harmonic, results, symprec: float) -> list[tuple]:

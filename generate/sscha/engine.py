@@ -17,7 +17,7 @@ from ase import Atoms
 
 from generate.run.checkpoint import active as active_checkpoints
 from generate.sscha.direct import run_sscha
-from generate.sscha.result import SSCHAResult, SSCHASettings
+from generate.sscha.result import SSCHAResult, SSCHASettings, n_held
 from generate.sscha.surrogate import SurrogateDiverged, SurrogateSettings
 from generate.sscha.surrogate_run import run_sscha_surrogate_temperatures
 
@@ -95,7 +95,7 @@ class SurrogateEngine:
                     f"{report.verification_relative_force_error:.3f}, correction {report.max_frequency_difference_THz:.3f} THz "
                     f"in {report.n_corrections} step(s))")))
                 continue
-            if not self.recompute_held and kept_as_bound(result, reasons, self.max_relative_force_error):
+            if not self.recompute_held and kept_as_bound(result, self.max_relative_force_error):
                 log.info("surrogate held at the floor at %g K (%s): kept as a bound", one.temperature_K, "; ".join(reasons))
                 out.append(held_bound(result, reasons))
                 continue
@@ -108,12 +108,7 @@ class SurrogateEngine:
         return out
 
 
-def n_held(result: SSCHAResult) -> int:
-    """Modes the stabilization rule held at the floor in the result's last SCHA step."""
-    return int(result.history[-1].n_stabilized_modes) if result.history else 0
-
-
-def kept_as_bound(result, reasons: list[str], max_relative_force_error: float) -> bool:
+def kept_as_bound(result, max_relative_force_error: float) -> bool:
     """A surrogate result with modes held at the floor whose fit passed the force check: only the
     correction's convergence failed, which the direct engine, holding the same modes, does not mend."""
     return (not isinstance(result, SurrogateDiverged) and n_held(result) > 0

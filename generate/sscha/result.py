@@ -170,3 +170,8 @@ class SSCHAResult:
             "mesh_frequencies_THz": self.mesh_frequencies_THz.tolist(),
             "surrogate": asdict(self.surrogate) if self.surrogate is not None else None,
         }
+
+
+def n_held(result) -> int:
+    """Modes the stabilization rule held at the floor in the result's last SCHA step (``SSCHAStep.n_stabilized_modes``)."""
+    return int(result.history[-1].n_stabilized_modes) if result.history else 0

@@ -12,7 +12,7 @@ from ase import Atoms
 
 from generate.sscha.direct import Ensemble, anharmonicity_score, new_ensemble, phonon_frequencies, run_sscha
 from generate.sscha.expansion import ForceConstantExpansion
-from generate.sscha.result import SSCHAResult, SSCHASettings, SurrogateReport
+from generate.sscha.result import SSCHAResult, SSCHASettings, SurrogateReport, n_held
 from generate.sscha.supercell import (
     SupercellModel,
     evaluate,
@@ -230,7 +230,7 @@ def solve_on_surrogate(
         n_surrogate_evaluations += result.n_potential_evaluations
         dynamical = to_matrix(result.force_constants_eV_A2) / mass_outer
         centroids = result.supercell.positions
-        held = held_as_bound and bool(result.history) and result.history[-1].n_stabilized_modes > 0
+        held = held_as_bound and n_held(result) > 0
         verify_target = None if target is None or held else target if analytic else target * np.sqrt(3) / 2
         check = verify_surrogate(
             model, potential, fit.expansion, dynamical, centroids, harmonic_dynamical, settings, surrogate, rng, verify_target,

@@ -1,15 +1,15 @@
-"""The fine-tune's anharmonic guard: thermal supercells of DFT's phonons, labelled by the anchored base potential."""
+"""The fine-tune's anharmonic guard: thermal supercells of DFT's phonons and Φ-free force combinations."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from generate.harmonic.dft_data import displaced_forces, load_phonon_dataset
-from generate.potential import distillation
-from generate.potential.distillation import anchored_thermal_samples, dataset_force_constants, thermal_displacements
-from generate.sscha.supercell import evaluate
+from generate.harmonic.dft_data import load_phonon_dataset
+from generate.harmonic.phonons import to_ase_atoms
+from generate.potential.distillation import guard_samples, thermal_displacements
 
 FIXTURES = Path(__file__).parent / "data" / "phonondb"
 
@@ -19,12 +19,11 @@ HBAR_J_S, KB_J_K, AMU_KG, EV_J = 1.054571817e-34, 1.380649e-23, 1.66053906660e-2
 
 def test_thermal_displacements_have_the_quantum_oscillator_variance():
     """Φ = k·1 on four atoms: every Cartesian component is an oscillator of ω = √(k/m), whose variance is
-    ħ/(2mω)·coth(ħω/2k_BT). 2,000 ± pairs per component, 12 components: the pooled estimate's relative standard
-    error is √(2/24,000) ≈ 0.9 %; tolerance 4 %, over 4σ. The pairs are exact negatives of each other."""
+    ħ/(2mω)·coth(ħω/2k_BT). 4,000 draws per component, 12 components: the pooled estimate's relative standard
+    error is √(2/24,000) ≈ 0.9 % per mass; tolerance 4 %, over 4σ."""
     k_eV_A2, masses, temperature = 3.0, np.array([20.0, 20.0, 60.0, 60.0]), 150.0
-    u = thermal_displacements(k_eV_A2 * np.eye(12), masses, temperature, 2000, np.random.default_rng(0))
+    u = thermal_displacements(k_eV_A2 * np.eye(12), masses, temperature, 4000, np.random.default_rng(0))
     assert u.shape == (4000, 4, 3)
-    np.testing.assert_array_equal(u[:2000], -u[2000:])
     for atoms, mass in ((slice(0, 2), 20.0), (slice(2, 4), 60.0)):
         omega = np.sqrt(k_eV_A2 * EV_J * 1e20 / (mass * AMU_KG))
         x = HBAR_J_S * omega / (KB_J_K * temperature)
@@ -43,35 +42,76 @@ def cu2o():
     return load_phonon_dataset(archive)
 
 
-def test_anchored_labels_are_dfts_harmonic_forces_plus_the_potentials_anharmonicity(cu2o, monkeypatch):
-    """phonondb's Cu2O with EMT as the base. (1) On DFT's own displaced supercells (0.01 Å) the labels are DFT's
-    forces: the anchored curvature is DFT's, and EMT's, several times off, cancels. (2) On thermal supercells the
-    even part of a ± pair, F(u) + F(−u) (cubic and higher even terms), is EMT's to round-off: the anharmonicity is
-    the base potential's."""
-    cells, dft_forces = displaced_forces(cu2o)
-    perfect_positions = cu2o.supercell.positions
-    dataset_u = np.array([c.positions - perfect_positions for c in cells])
-    monkeypatch.setattr(distillation, "thermal_displacements", lambda *args: dataset_u)
-    _, labels = anchored_thermal_samples(EMT(), cu2o, 300.0, 1, np.random.default_rng(0))
-    scale = np.sqrt(np.mean(dft_forces**2))
-    emt_minus_dft = dataset_force_constants(cu2o, evaluate(EMT(), [c for c in map(_atoms, cells)])[1]
-                                            - evaluate(EMT(), [_atoms(cu2o.supercell)])[1][0]) \
-        - dataset_force_constants(cu2o, dft_forces)
-    assert np.abs(emt_minus_dft).max() > 1.0  # EMT's curvature is eV/Å² away from DFT's
-    # The FC2 fit reproduces its own data up to phonopy's symmetrization (0.4 % of the rms force here; 2 % allowed)
-    assert np.sqrt(np.mean((labels - dft_forces) ** 2)) < 0.02 * scale
+class OnSitePolynomial(Calculator):
+    """Each Cartesian component u of an atom's displacement from ``reference`` feels F = f0 − k u − a u² − b u³
+    (energy −f0 u + k u²/2 + a u³/3 + b u⁴/4): Φ = k, Φ3 = 2a, Φ4 = 6b on the diagonal, and a residual force f0."""
 
-    monkeypatch.undo()
-    structures, labels = anchored_thermal_samples(EMT(), cu2o, 300.0, 2, np.random.default_rng(1))
-    _, forces = evaluate(EMT(), [_atoms(cu2o.supercell)] + structures)
-    even_labels = labels[:2] + labels[2:]
-    even_emt = forces[1:3] + forces[3:5] - 2 * forces[0]
-    np.testing.assert_allclose(even_labels, even_emt, atol=1e-9)
-    u = np.array([s.positions - perfect_positions for s in structures])
-    assert 0.01 < np.sqrt(np.mean(u**2)) < 0.2  # thermal amplitudes at 300 K, not finite differences
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, reference, k, a, b, f0):
+        super().__init__()
+        self.reference, self.k, self.a, self.b, self.f0 = reference, k, a, b, f0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        u = self.atoms.positions - self.reference
+        self.results["energy"] = float(np.sum(-self.f0 * u + self.k * u**2 / 2 + self.a * u**3 / 3 + self.b * u**4 / 4))
+        self.results["forces"] = self.f0 - self.k * u - self.a * u**2 - self.b * u**3
 
 
-def _atoms(cell):
-    from generate.harmonic.phonons import to_ase_atoms
+def test_the_combinations_isolate_the_cubic_and_quartic_terms(cu2o):
+    """Against the closed form of an on-site polynomial: the cubic combination is −Φ3:uu = −2a u² and the quartic
+    one −¼Φ4:uuu = −1.5 b u³, exactly (the polynomial stops at u³, so no higher term remains); the harmonic term k
+    and the residual force f0 cancel whatever their size. Float64 round-off on forces of ~k·u: 1e-9 eV/Å."""
+    perfect = to_ase_atoms(cu2o.supercell).positions
+    k, a, b = 7.0, 3.0, 11.0
+    base = OnSitePolynomial(perfect, k, a, b, f0=0.05)
+    samples = guard_samples(base, cu2o, "mp-361", 300.0, 2, np.random.default_rng(1))
+    assert [s.guard for s in samples] == ["cubic", "quartic"] * 2
+    for cubic, quartic in (samples[:2], samples[2:]):
+        u = cubic.atoms.positions - perfect
+        assert quartic.atoms is cubic.atoms  # one supercell serves both combinations
+        assert 0.01 < np.sqrt(np.mean(u**2)) < 0.2  # thermal amplitudes at 300 K, not finite differences
+        np.testing.assert_allclose(cubic.forces_eV_A, -2 * a * u**2, atol=1e-9)
+        np.testing.assert_allclose(quartic.forces_eV_A, -1.5 * b * u**3, atol=1e-9)
+        assert [c for _, c in cubic.terms] == [1.0] and [c for _, c in quartic.terms] == [-1.0, -2.0, 2.0]
+        np.testing.assert_allclose(quartic.terms[1][0].positions - perfect, 0.5 * u, atol=1e-12)
 
-    return to_ase_atoms(cell)
+
+def test_the_training_loss_takes_the_same_combinations(cu2o):
+    """The loss sees a guard sample's combination of the model's force changes: with a model that returns EMT's
+    forces for every supercell in the batch, guard samples labelled by EMT have zero loss and the force
+    change of a DFT-style sample is the plain difference; a supercell shared by two samples is one graph."""
+    import torch
+    from matgl.ext.ase import Atoms2Graph
+
+    from generate.potential.finetune import Sample, _batch, loss_terms
+
+    perfect = to_ase_atoms(cu2o.supercell)
+    guards = guard_samples(EMT(), cu2o, "mp-361", 300.0, 1, np.random.default_rng(2))
+    moved = perfect.copy()
+    moved.positions[0] += 0.01
+    emt = {id(s): np.asarray(_emt_forces(s)) for s in [perfect, moved, *(g.atoms for g in guards), *(t for g in guards for t, _ in g.terms)]}
+    dft_like = Sample("mp-361", moved, emt[id(moved)] - emt[id(perfect)])
+    samples = [dft_like, *guards, Sample("mp-361", perfect, np.zeros((len(perfect), 3)))]
+    batch = _batch(samples, Atoms2Graph(element_types=("Cu", "O"), cutoff=5.0), "cpu")
+    order = list(dict.fromkeys(id(a) for s in samples for a in (s.atoms, *(t for t, _ in s.terms))))
+    assert batch[1].shape[0] == len(order) == 6  # moved, 4 thermal supercells, perfect
+
+    def model(graph, lattice, state):
+        forces = torch.as_tensor(np.concatenate([emt[i] for i in order]), dtype=torch.float32)
+        return torch.zeros(len(order)), forces
+
+    config = type("Config", (), {"force_weight": 1.0, "equilibrium_weight": 0.0, "energy_weight": 0.0})
+    _, force_loss, _ = loss_terms(model, batch, config)
+    scale = np.mean([np.mean(g.forces_eV_A**2) for g in guards])
+    assert float(force_loss) < 1e-10 * scale  # float32 storage of ~1 eV/Å forces: ~1e-7 relative
+    guards[1].forces_eV_A[0, 0] += 1.0  # one wrong label component shows up as its own square over all rows
+    _, force_loss, _ = loss_terms(model, _batch(samples, Atoms2Graph(element_types=("Cu", "O"), cutoff=5.0), "cpu"), config)
+    assert float(force_loss) == pytest.approx(1.0 / (3 * len(perfect) * len(samples)), rel=1e-4)
+
+
+def _emt_forces(atoms):
+    copy = atoms.copy()
+    copy.calc = EMT()
+    return copy.get_forces()

@@ -1,16 +1,16 @@
-"""Thermal supercells labelled by the base potential anchored on DFT's harmonic part: the fine-tune's guard
-on anharmonicity.
+"""The fine-tune's guard on anharmonicity: force combinations of thermal supercells, labelled by the base model.
 
-phonondb's displaced supercells (0.01 Å) constrain only the curvature at equilibrium; nothing in that loss
-holds the cubic and quartic terms the SSCHA and κ sample. Each training material therefore also gets
-supercells displaced as at ``temperature_K`` by DFT's own harmonic phonons (quantum Gaussian, ±u pairs),
-labelled with the force change of the base potential anchored on DFT (``generate/harmonic/anchoring.py``):
+phonondb's displaced supercells (0.01 Å) constrain only the curvature at equilibrium; nothing in that loss holds
+the cubic and quartic terms the SSCHA and κ sample. Each training material therefore also gets supercells
+displaced as at ``temperature_K`` by DFT's own harmonic phonons (quantum Gaussian; u drawn once per material), and
+two combinations of their force changes ΔF(s·u) = F(R0 + s·u) − F(R0) in which the harmonic term cancels exactly:
 
-    ΔF(u) = F_base(R0 + u) − F_base(R0) + (Φ_base − Φ_DFT) u
+    cubic   ΔF(u) + ΔF(−u)                              = −Φ3:uu         + O(u⁴)
+    quartic ΔF(u) − ΔF(−u) − 2ΔF(u/2) + 2ΔF(−u/2)       = −¼ Φ4:uuu      + O(u⁵)
 
-Its harmonic part is DFT's, so it agrees with the DFT samples; its anharmonic part is the base model's, so
-the fine-tune is asked to keep it. Φ_DFT and Φ_base come from phonopy's solution of the same displacement
-dataset (DFT's forces, and the base model's on the same supercells), so their difference is scheme-free.
+(F = −Φu − ½Φ3:uu − ⅙Φ4:uuu − …). Labelled by the base model, they ask the fine-tune to keep the base's cubic
+and quartic terms along thermal directions while the DFT data move its curvature; neither needs any harmonic
+force constants of the model (four base evaluations per draw). DFT's FC2 only chooses the directions and amplitudes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from generate.harmonic.phonons import to_ase_atoms
 from generate.sscha.supercell import THZ_PER_OMEGA, mode_variance
 
 MIN_FREQUENCY_THZ = 0.5  # modes below (acoustic at Γ, nearly free) are not sampled: their Gaussian is unbounded
+# (scale of the displacement, coefficient of its force change) per combination, the first the sample's own supercell
+# (coefficient 1); Σ c·s = 0 cancels the harmonic term
+COMBINATIONS = {
+    "cubic": ((1.0, 1.0), (-1.0, 1.0)),
+    "quartic": ((1.0, 1.0), (-1.0, -1.0), (0.5, -2.0), (-0.5, 2.0)),
+}
 
 
 def dataset_force_constants(phonon, forces: np.ndarray) -> np.ndarray:
@@ -38,9 +44,9 @@ def dataset_force_constants(phonon, forces: np.ndarray) -> np.ndarray:
     return fc.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
 
 
-def thermal_displacements(fc_dft: np.ndarray, masses_amu: np.ndarray, temperature_K: float, n_pairs: int,
+def thermal_displacements(fc_dft: np.ndarray, masses_amu: np.ndarray, temperature_K: float, n_draws: int,
                           rng) -> np.ndarray | None:
-    """``2 n_pairs`` displacement sets (±u, Å) of the supercell's harmonic phonons at ``temperature_K``
+    """``n_draws`` displacement sets u (Å, (n_draws, N, 3)) of the supercell's harmonic phonons at ``temperature_K``
     (quantum occupations); None when DFT's FC2 has an imaginary mode (no thermal ensemble exists)."""
     inverse_sqrt = 1.0 / np.sqrt(np.repeat(masses_amu, 3))
     dynamical = 0.5 * (fc_dft + fc_dft.T) * np.outer(inverse_sqrt, inverse_sqrt)
@@ -51,31 +57,38 @@ def thermal_displacements(fc_dft: np.ndarray, masses_amu: np.ndarray, temperatur
     sampled = frequencies >= MIN_FREQUENCY_THZ
     omega = np.sqrt(values[sampled])
     variance, _ = mode_variance(omega, temperature_K, quantum=True)
-    amplitudes = rng.standard_normal((n_pairs, omega.size)) * np.sqrt(variance)
-    u = (amplitudes @ vectors[:, sampled].T) * inverse_sqrt
-    return np.concatenate([u, -u]).reshape(2 * n_pairs, -1, 3)
+    amplitudes = rng.standard_normal((n_draws, omega.size)) * np.sqrt(variance)
+    return ((amplitudes @ vectors[:, sampled].T) * inverse_sqrt).reshape(n_draws, -1, 3)
 
 
-def anchored_thermal_samples(base, phonon, temperature_K: float, n_pairs: int, rng) -> tuple[list, np.ndarray] | None:
-    """(supercells displaced as at ``temperature_K``, ΔF labels (2 n_pairs, N, 3)) about phonondb's perfect
-    supercell, from the base potential anchored on the dataset's DFT FC2 (module docstring); None for a crystal
-    unstable in DFT."""
+def combined(changes: dict[float, np.ndarray], name: str) -> np.ndarray:
+    """The combination ``name`` of force changes ΔF(s·u), given by displacement scale s."""
+    return sum(coefficient * changes[scale] for scale, coefficient in COMBINATIONS[name])
+
+
+def guard_samples(base, phonon, material_id: str, temperature_K: float, n_draws: int, rng) -> list | None:
+    """The guard's training samples of one phonondb material (module docstring): per thermal draw, one ``Sample``
+    per combination, its supercells and coefficients in ``terms`` and the base model's value as its label; None
+    for a crystal unstable in DFT."""
+    from generate.potential.finetune import Sample
     from generate.sscha.supercell import evaluate
 
     perfect = to_ase_atoms(phonon.supercell)
-    cells, dft_forces = displaced_forces(phonon)
-    fc_dft = dataset_force_constants(phonon, dft_forces)
-    displacements = thermal_displacements(fc_dft, perfect.get_masses(), temperature_K, n_pairs, rng)
+    _, dft_forces = displaced_forces(phonon)
+    displacements = thermal_displacements(dataset_force_constants(phonon, dft_forces), perfect.get_masses(),
+                                          temperature_K, n_draws, rng)
     if displacements is None:
         return None
-    structures = [perfect] + [to_ase_atoms(c) for c in cells]
+    scales = sorted({scale for terms in COMBINATIONS.values() for scale, _ in terms}, reverse=True)
+    samples = []
     for u in displacements:
-        moved = perfect.copy()
-        moved.positions = perfect.positions + u
-        structures.append(moved)
-    _, forces = evaluate(base, structures)
-    forces = np.asarray(forces, float) - np.asarray(forces[0], float)  # the residual force at R0 removed
-    fc_base = dataset_force_constants(phonon, forces[1 : 1 + len(cells)])
-    flat = displacements.reshape(len(displacements), -1)
-    labels = forces[1 + len(cells):] + (flat @ (fc_base - fc_dft).T).reshape(displacements.shape)
-    return structures[1 + len(cells):], labels
+        moved = {}
+        for scale in scales:
+            moved[scale] = perfect.copy()
+            moved[scale].positions = perfect.positions + scale * u
+        _, forces = evaluate(base, [perfect] + [moved[s] for s in scales])
+        changes = {s: np.asarray(f, float) - np.asarray(forces[0], float) for s, f in zip(scales, forces[1:], strict=True)}
+        for name, terms in COMBINATIONS.items():
+            samples.append(Sample(material_id, moved[terms[0][0]], combined(changes, name),
+                                  terms=tuple((moved[s], c) for s, c in terms[1:]), guard=name))
+    return samples

@@ -37,6 +37,10 @@ class Sample:
     energy_eV: float | None = None
     energy_is_anchor: bool = False  # label from the base model, not DFT
     force_weight: float = 1.0  # 1 / mean squared DFT force of the sample's material
+    # further supercells of the same material and their coefficients: the label is then the combination
+    # ΔF(atoms) + Σ c·ΔF(term) of force changes relative to the perfect supercell (generate/potential/distillation.py)
+    terms: tuple = ()
+    guard: str | None = None  # the anharmonic guard's combination, if the sample is one
 
 
 @dataclass
@@ -197,33 +201,56 @@ def parity_drift(base, tuned, parity_dir: Path, relax_settings) -> dict:
 def _batch(samples: list[Sample], converter, device):
     """One batched graph with labels.
 
-    ``reference_atoms[i]`` is the index of atom i in its perfect supercell within the batch, or -1:
-    displaced supercells are fitted through their force change, everything else through its forces.
+    Every label row is a linear combination of the batch's predicted atomic forces, given as (row, atom,
+    coefficient) triples: a displaced supercell (and each of its ``terms``) enters through its force change
+    relative to its material's perfect supercell in the batch, everything else through its forces. ``displaced``
+    marks the rows of the first kind. A supercell shared by several samples is one graph.
     """
     import matgl
     import torch
     from torch_geometric.data import Batch
 
-    graphs, lattices, states = [], [], []
+    structures, graph_of = [], {}
     for sample in samples:
-        graph, lattice, state = converter.get_graph(sample.atoms)
+        for atoms in (sample.atoms, *(t for t, _ in sample.terms)):
+            if id(atoms) not in graph_of:
+                graph_of[id(atoms)] = len(structures)
+                structures.append(atoms)
+    offsets = np.cumsum([0] + [len(s) for s in structures])
+    perfect = {s.material: graph_of[id(s.atoms)] for s in samples if s.material != "replay" and not np.any(s.forces_eV_A)}
+    rows, columns, coefficients, displaced = [], [], [], []
+    for sample in samples:
+        n, first = len(sample.atoms), len(displaced)
+        atom = np.arange(n)
+        p = perfect.get(sample.material) if np.any(sample.forces_eV_A) and sample.material != "replay" else None
+        terms = [(sample.atoms, 1.0), *sample.terms] if p is not None else [(sample.atoms, 1.0)]
+        for atoms, coefficient in terms:
+            rows.append(first + atom), columns.append(offsets[graph_of[id(atoms)]] + atom), coefficients.append(np.full(n, coefficient))
+        if p is not None:
+            rows.append(first + atom), columns.append(offsets[p] + atom), coefficients.append(np.full(n, -sum(c for _, c in terms)))
+        displaced += [p is not None] * n
+    energies = np.zeros(len(structures))
+    has_energy = np.zeros(len(structures), bool)
+    for sample in samples:
+        if sample.energy_eV is not None:
+            energies[graph_of[id(sample.atoms)]], has_energy[graph_of[id(sample.atoms)]] = sample.energy_eV, True
+    graphs, lattices, states = [], [], []
+    for atoms in structures:
+        graph, lattice, state = converter.get_graph(atoms)
         graphs.append(graph)
         lattices.append(torch.as_tensor(np.asarray(lattice), dtype=matgl.float_th).reshape(3, 3))
         states.append(np.asarray(state, dtype=float).reshape(-1))
-    offsets = np.cumsum([0] + [len(s.atoms) for s in samples])
-    perfect = {s.material: k for k, s in enumerate(samples) if s.material != "replay" and not np.any(s.forces_eV_A)}
-    reference_atoms = []
-    for k, sample in enumerate(samples):
-        p = perfect.get(sample.material) if np.any(sample.forces_eV_A) and sample.material != "replay" else None
-        reference_atoms.append(np.arange(offsets[p], offsets[p + 1]) if p is not None else np.full(len(sample.atoms), -1))
     as_float = dict(dtype=matgl.float_th)
     labels = (
         torch.as_tensor(np.concatenate([s.forces_eV_A for s in samples]), **as_float),
         torch.as_tensor(np.concatenate([np.full(len(s.atoms), s.force_weight) for s in samples]), **as_float),
-        torch.as_tensor(np.concatenate(reference_atoms)),
-        torch.as_tensor([s.energy_eV if s.energy_eV is not None else 0.0 for s in samples], **as_float),
-        torch.as_tensor([s.energy_eV is not None for s in samples]),
-        torch.as_tensor([len(s.atoms) for s in samples], **as_float),
+        torch.as_tensor(displaced),
+        torch.as_tensor(np.concatenate(rows)),
+        torch.as_tensor(np.concatenate(columns)),
+        torch.as_tensor(np.concatenate(coefficients), **as_float),
+        torch.as_tensor(energies, **as_float),
+        torch.as_tensor(has_energy),
+        torch.as_tensor([len(s) for s in structures], **as_float),
     )
     batch = Batch.from_data_list(graphs)
     state = torch.as_tensor(np.stack(states), **as_float)
@@ -243,15 +270,11 @@ def loss_terms(potential, batch, config):
     """``(loss, force_mse, energy_mse)`` of one labelled batch (see ``_batch``)."""
     import torch
 
-    graph, lattice, state, forces, atom_weights, reference_atoms, energies, mask, n_atoms = batch
+    graph, lattice, state, forces, row_weights, displaced, rows, columns, coefficients, energies, mask, n_atoms = batch
     energy, force = potential(graph, lattice, state)[:2]
-    displaced = reference_atoms >= 0
-    change = force[displaced] - force[reference_atoms[displaced]]
-    squared = torch.cat([
-        config.force_weight * atom_weights[displaced, None] * (change - forces[displaced]) ** 2,
-        config.equilibrium_weight * atom_weights[~displaced, None] * (force[~displaced] - forces[~displaced]) ** 2,
-    ])
-    force_loss = squared.mean()
+    predicted = torch.zeros_like(forces).index_add(0, rows, coefficients[:, None] * force[columns])
+    weights = row_weights * torch.where(displaced, config.force_weight, config.equilibrium_weight)
+    force_loss = (weights[:, None] * (predicted - forces) ** 2).mean()
     energy_loss = (
         torch.mean(((energy - energies) / n_atoms)[mask] ** 2) if bool(mask.any()) else torch.zeros((), device=force.device)
     )

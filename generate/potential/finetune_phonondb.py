@@ -10,9 +10,9 @@ permutation of the training split per pass) and, of each, its perfect supercell 
 ``generate.potential.finetune`` (DFT force change relative to the perfect supercell, weighted by the material's
 inverse mean squared DFT force; zero forces on the perfect supercell; the energy of the perfect
 supercell anchored to the base model) plus a replay batch every ``replay_every`` steps. With ``distill_weight`` > 0
-each material also brings ``2 distill_pairs`` supercells displaced as at ``distill_temperature_K`` by DFT's phonons,
-labelled by the base model anchored on DFT's FC2 (``generate/potential/distillation.py``): DFT's harmonic part and
-the base's anharmonicity, which the 0.01 Å data alone leave free to drift.
+each material also brings the anharmonic guard (``generate/potential/distillation.py``): per ``distill_pairs`` draw
+of DFT's phonons at ``distill_temperature_K``, the cubic and quartic force combinations of four thermal supercells,
+labelled by the base model, which the 0.01 Å data alone leave free to drift.
 
 Every ``validate_every`` steps the relative force-change error on a fixed subset of the validation
 split is measured; the best model so far is saved (``best/``). The state (model, optimizer, step,
@@ -27,6 +27,7 @@ import json
 import sys
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,13 @@ class MaterialCache:
         self._archive_path = archive_path
         self.phonondb_dir = Path(phonondb_dir)
         self.element_types = set(element_types)
-        self.thermal = thermal  # (phonon, material_id) -> (supercells, ΔF labels) or None; None: no distillation
+        self.thermal = thermal  # (phonon, material_id) -> the guard's Samples or None; None: no guard
         self.data: dict[str, tuple] = {}
         self.skipped: dict[str, str] = {}
 
     def get(self, entry):
         """``(perfect Atoms, [displaced Atoms], forces (n, natom, 3), weight, thermal)`` or None if unusable;
-        ``thermal``: the anchored thermal supercells and their labels, or None."""
+        ``thermal``: the anharmonic guard's samples, or None."""
         from generate.harmonic.phonons import to_ase_atoms
 
         key = entry.material_id
@@ -82,8 +83,8 @@ class MaterialCache:
 
 
 def material_samples(cache: MaterialCache, entry, displacements: int, rng, anchor, distill_weight: float = 0.0) -> list[Sample]:
-    """The perfect supercell, ``displacements`` random displaced supercells of one material and its thermal ones
-    (each weighted by ``distill_weight`` over its own mean squared label: thermal forces are ~10× DFT's 0.01 Å ones)."""
+    """The perfect supercell, ``displacements`` random displaced supercells of one material and its guard samples
+    (each weighted by ``distill_weight`` over its own mean squared label: its relative error counts)."""
     got = cache.get(entry)
     if got is None:
         return []
@@ -91,8 +92,7 @@ def material_samples(cache: MaterialCache, entry, displacements: int, rng, ancho
     chosen = rng.choice(len(cells), size=min(displacements, len(cells)), replace=False)
     samples = [Sample(entry.material_id, cells[k], forces[k], force_weight=weight) for k in sorted(chosen)]
     if thermal is not None and distill_weight > 0:
-        samples += [Sample(entry.material_id, atoms, label, force_weight=distill_weight / float(np.mean(label**2)))
-                    for atoms, label in zip(*thermal, strict=True)]
+        samples += [replace(guard, force_weight=distill_weight / float(np.mean(guard.forces_eV_A**2))) for guard in thermal]
     energy = anchor(entry.material_id, perfect)
     samples.append(Sample(entry.material_id, perfect, np.zeros((len(perfect), 3)), energy, True, weight))
     return samples
@@ -108,27 +108,33 @@ def step_materials(entries: list, step: int, per_step: int, seed: int) -> list:
 
 def validation_error(potential, cache, entries, displacements: int, seed: int) -> dict:
     """Mean over materials of the relative force-change error |ΔF_pred - ΔF_DFT| / rms(ΔF_DFT), and where the
-    cache has thermal supercells the same against their anchored labels (``anchored_force_change_mae``: how far
-    the model's anharmonicity has moved from the base's)."""
+    cache has the anharmonic guard the same for each of its combinations against the base model's values
+    (``guard_cubic_mae``, ``guard_quartic_mae``: how far the model's anharmonicity has moved from the base's)."""
     from thermobench.potentials import evaluate_batch
 
-    errors, thermal_errors = {}, {}
+    errors, guard_errors = {}, {}
     for index, entry in enumerate(entries):
         got = cache.get(entry)
         if got is None:
             continue
-        perfect, cells, forces, _, thermal = got
+        perfect, cells, forces, _, guards = got
         rng = np.random.default_rng([seed, index])
         chosen = sorted(rng.choice(len(cells), size=min(displacements, len(cells)), replace=False))
-        extra = list(thermal[0]) if thermal is not None else []
-        predicted = evaluate_batch(potential, [perfect] + [cells[k] for k in chosen] + extra).forces_eV_A
-        change = np.array([predicted[1 + i] - predicted[0] for i in range(len(chosen) + len(extra))])
-        errors[entry.material_id] = relative_mae(change[: len(chosen)], forces[chosen])
-        if extra:
-            thermal_errors[entry.material_id] = relative_mae(change[len(chosen):], thermal[1])
+        structures = {id(a): a for a in [perfect] + [cells[k] for k in chosen]}
+        for guard in guards or ():
+            structures |= {id(a): a for a in (guard.atoms, *(t for t, _ in guard.terms))}
+        predicted = dict(zip(structures, evaluate_batch(potential, list(structures.values())).forces_eV_A, strict=True))
+
+        def change(atoms):
+            return predicted[id(atoms)] - predicted[id(perfect)]
+
+        errors[entry.material_id] = relative_mae(np.array([change(cells[k]) for k in chosen]), forces[chosen])
+        for guard in guards or ():
+            value = change(guard.atoms) + sum(c * change(atoms) for atoms, c in guard.terms)
+            guard_errors.setdefault(guard.guard, {}).setdefault(entry.material_id, []).append(relative_mae(value, guard.forces_eV_A))
     out = {"relative_force_change_mae": float(np.mean(list(errors.values()))), "n_materials": len(errors)}
-    if thermal_errors:
-        out["anchored_force_change_mae"] = float(np.mean(list(thermal_errors.values())))
+    for name, by_material in guard_errors.items():
+        out[f"guard_{name}_mae"] = float(np.mean([np.mean(e) for e in by_material.values()]))
     return out
 
 
@@ -168,10 +174,10 @@ def finetune_at_scale(config) -> dict:
     validation = [validation[i] for i in np.random.default_rng(config.seed).permutation(len(validation))[: source.validation_materials]]
     thermal = None
     if config.distill_weight > 0:
-        from generate.potential.distillation import anchored_thermal_samples
+        from generate.potential.distillation import guard_samples
 
         def thermal(phonon, material_id):  # a material's own stream: the same supercells whenever it is read
-            return anchored_thermal_samples(base, phonon, config.distill_temperature_K, config.distill_pairs,
+            return guard_samples(base, phonon, material_id, config.distill_temperature_K, config.distill_pairs,
                                             np.random.default_rng([config.seed, zlib.crc32(material_id.encode())]))
     cache = MaterialCache(Path(source.phonondb_dir), element_types, thermal)
     anchors: dict[str, float] = {}

@@ -489,3 +489,39 @@ def test_a_temperature_held_at_the_floor_gets_no_kappa_and_costs_none(monkeypatc
     seen.clear()
     held = _kappa_columns(settings, None, np.eye(3), potential, harmonic, [mixed[0], mixed[2]], floor_THz=1.0)
     assert seen == [] and "stabilization floor" in held[0]["kappa_null_reason"]
+
+
+def test_a_temperature_held_at_the_floor_is_not_audited(monkeypatch):
+    """The audit's direct engine runs only at the temperatures whose row is free of the stabilization floor: at a
+    held one both routes hold the same modes (a bound against a bound) and the direct engine stalls (BaTiO3 in the
+    anchoring panel: over an hour); held rows get null audit columns, free rows the difference."""
+    from types import SimpleNamespace
+
+    from generate.run.records import audit_columns
+    from generate.sscha.engine import DirectEngine
+    from generate.sscha.result import SSCHASettings
+
+    settings = SimpleNamespace(audit_every=1, audit_frequency_error_target_THz=0.05)
+    per_temperature = [SSCHASettings(temperature_K=t, min_frequency_THz=1.0) for t in (100.0, 300.0, 500.0)]
+
+    def result(temperature, frequencies, sigma):
+        return SimpleNamespace(temperature_K=temperature, supercell_frequencies_THz=np.array(frequencies),
+                               supercell_frequency_errors_THz=np.full(3, 0.01), sigma_A=sigma,
+                               history=[SimpleNamespace(n_stabilized_modes=0)])
+
+    fast = [result(100.0, [0.0, 1.0, 1.0], 0.1), result(300.0, [0.0, 1.5, 2.0], 0.2), result(500.0, [0.0, 1.0, 3.0], 0.3)]
+    seen = []
+
+    def direct(self, cell, model, matrix, settings, harmonic=None):
+        seen.append([(s.temperature_K, s.frequency_error_target_THz) for s in settings])
+        return [result(s.temperature_K, [0.0, 1.6, 2.0], 0.25) for s in settings]
+
+    monkeypatch.setattr(DirectEngine, "run", direct)
+    rows = audit_columns("any", settings, None, None, np.eye(3), per_temperature, None, fast)
+    assert seen == [[(300.0, 0.05)]]
+    assert rows[0]["audit_max_frequency_difference_THz"] is None and rows[2]["audit_sigma_A_difference"] is None
+    assert rows[1]["audit_max_frequency_difference_THz"] == pytest.approx(0.1)
+    assert rows[1]["audit_sigma_A_difference"] == pytest.approx(-0.05)
+    seen.clear()
+    assert all(r["audit_sigma_A_difference"] is None for r in audit_columns(
+        "any", settings, None, None, np.eye(3), [per_temperature[0]], None, [fast[0]])) and seen == []

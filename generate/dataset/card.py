@@ -282,7 +282,8 @@ def anchoring_text(settings: dict) -> str:
         "(removed, not relaxed: `potential_residual_max_force_eV_A`, `potential_residual_pressure_GPa`). Other "
         "materials (`harmonic_reference` = `potential`) are relaxed by the potential and take everything from it."
         + (f" One material in {every} (by a hash of its id) is audited: also run with the direct engine to "
-           f"{audit.get('frequency_error_target_THz')} THz, its rows carry the differences (`audit_*` columns)."
+           f"{audit.get('frequency_error_target_THz')} THz, its rows carry the differences (`audit_*` columns; "
+           "none at rows held at the stabilization floor, which are bounds on both routes)."
            if every else "")
     )
 

@@ -43,7 +43,8 @@ def label_of(potential: str) -> str:
     return Path(potential).name if Path(potential).name not in ("model", "best") else Path(potential).parent.name
 
 
-def evaluate_material(entry, archive: Path, models: dict, settings: HarmonicSettings, work: Path) -> None:
+def evaluate_material(entry, archive: Path, models: dict, settings: HarmonicSettings, work: Path,
+                      max_atoms_per_chunk: int = 2048) -> None:
     """Records of one material for every potential not yet done; a failure is recorded, not raised."""
     todo = {label: m for label, m in models.items() if not (work / label / f"{entry.material_id}.json").is_file()}
     if not todo:
@@ -61,7 +62,7 @@ def evaluate_material(entry, archive: Path, models: dict, settings: HarmonicSett
     for label, model in todo.items():
         start = time.perf_counter()
         try:
-            ours = potential_phonons_on_dft_geometry(reference, model, settings, spectra=False)
+            ours = potential_phonons_on_dft_geometry(reference, model, settings, spectra=False, max_atoms_per_chunk=max_atoms_per_chunk)
             record = {**base, "status": "ok", **asdict(compare(dft, ours)), "wall_s": time.perf_counter() - start}
         except Exception as error:  # one material never stops the benchmark
             record = {**base, "status": f"failed: {type(error).__name__}: {error}", "traceback": traceback.format_exc()}
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the records")
     parser.add_argument("--import-records", type=Path, default=None,
                         help="per_material.json of an earlier report: its records seed --work (existing ones are kept)")
+    parser.add_argument("--max-atoms-per-chunk", type=int, default=2048,
+                        help="atoms per batched force call (TensorNet: ~10 GB at 2,048; 512 fits beside a fine-tune)")
     parser.add_argument("--shard", default="0/1", help="K/N: compute every N-th material from the K-th (parallel runs)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         start = time.perf_counter()
         for index, entry in enumerate(entries[shard::shards], 1):
-            evaluate_material(entry, archive_path(args.phonondb_dir, entry), models, settings, args.work)
+            evaluate_material(entry, archive_path(args.phonondb_dir, entry), models, settings, args.work, args.max_atoms_per_chunk)
             if index % 10 == 0:
                 print(f"[{index}/{len(entries[shard::shards])}] {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     result = report(list(models), args.work, args.out, command, settings)

@@ -37,9 +37,10 @@ def same_setup_phonopy(reference, unitcell):
                    symprec=reference.symmetry.tolerance)
 
 
-def potential_phonopy_on_dft_geometry(reference, model):
+def potential_phonopy_on_dft_geometry(reference, model, max_atoms_per_chunk: int = 2048):
     """A phonopy object of ``reference``'s cell, supercell and displacements with the potential's FC2
-    (full), the forces of the undisplaced supercell subtracted. Returns (phonopy, potential evaluations)."""
+    (full), the forces of the undisplaced supercell subtracted. Returns (phonopy, potential evaluations).
+    ``max_atoms_per_chunk``: atoms per batched evaluation (memory: TensorNet needs ~10 GB for 2,048)."""
     from generate.harmonic.dft_data import displacements_only, produce_force_constants
     from generate.harmonic.phonons import to_ase_atoms
     from thermobench.potentials import compute_forces
@@ -47,7 +48,7 @@ def potential_phonopy_on_dft_geometry(reference, model):
     phonon = same_setup_phonopy(reference, reference.unitcell)
     phonon.dataset = displacements_only(reference.dataset)
     cells = [to_ase_atoms(phonon.supercell)] + [to_ase_atoms(c) for c in phonon.supercells_with_displacements]
-    forces = np.asarray(compute_forces(model, cells))
+    forces = np.asarray(compute_forces(model, cells, max_atoms_per_chunk))
     phonon.forces = forces[1:] - forces[0]
     produce_force_constants(phonon, full=True)
     return phonon, len(cells)

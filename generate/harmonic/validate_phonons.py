@@ -66,10 +66,11 @@ def _same_setup_phonopy(reference, unitcell):
     return phonon
 
 
-def potential_phonons_on_dft_geometry(reference, model, settings: HarmonicSettings, spectra: bool = True) -> HarmonicResult:
+def potential_phonons_on_dft_geometry(reference, model, settings: HarmonicSettings, spectra: bool = True,
+                                      max_atoms_per_chunk: int = 2048) -> HarmonicResult:
     """The potential's FC2 from exactly the DFT displacements of the DFT geometry (its residual forces
     there subtracted: :func:`generate.harmonic.fidelity.potential_phonopy_on_dft_geometry`), with the DFT NAC."""
-    phonon, evaluations = potential_phonopy_on_dft_geometry(reference, model)
+    phonon, evaluations = potential_phonopy_on_dft_geometry(reference, model, max_atoms_per_chunk)
     if reference.nac_params is not None:
         phonon.nac_params = reference.nac_params
     return phonon_properties(phonon, settings, evaluations, spectra)

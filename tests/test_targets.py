@@ -185,3 +185,38 @@ def test_floor_is_raised_when_an_ensemble_overlaps_atoms():
 
     with pytest.raises(OverlappingAtomsError):  # the material fails with the reason once every floor was tried
         sscha_with_floor(AlwaysOverlapping(), None, None, None, per_temperature, None)
+
+
+def test_floor_starts_below_the_softest_real_harmonic_mode():
+    """On-site wells (an Ar supercell, 2×2×2): z modes at ν_z, x and y at 3 THz. A real mode softer than the 0.5 THz
+    floor (layered CaI2's 0.33 THz) lowers the floor to half of it, so it is not held from the start; never below
+    0.1 THz; an imaginary mode does not lower it (that is what the floor is for), nor does a stiff crystal."""
+    from ase import Atoms
+
+    from generate.run.records import sscha_with_floor
+    from generate.sscha.supercell import THZ_PER_OMEGA
+
+    class Recording:
+        def __init__(self):
+            self.floors = []
+
+        def run(self, cell, model, matrix, settings, harmonic=None):
+            self.floors.append(settings[0].min_frequency_THz)
+            return ["result"]
+
+    mass = 40.0
+    atoms = Atoms("Ar", cell=np.diag([3.0, 3.0, 3.5]), pbc=True)
+    atoms.set_masses([mass])
+    settings = [SSCHASettings(acoustic_sum_rule=False, q_mesh=(2, 2, 2), min_frequency_THz=0.5)]
+
+    def wells(nu_z):
+        k = mass * (np.array([3.0, 3.0, abs(nu_z)]) / THZ_PER_OMEGA) ** 2 * np.array([1, 1, np.sign(nu_z)])
+        fc = np.zeros((8, 8, 3, 3))
+        fc[np.arange(8), np.arange(8)] = np.diag(k)
+        return fc, 0
+
+    for nu_z, expected in ((0.33, 0.165), (0.15, 0.1), (-0.33, 0.5), (2.0, 0.5)):
+        engine = Recording()
+        _, used, note = sscha_with_floor(engine, atoms, None, (2, 2, 2), settings, wells(nu_z))
+        assert engine.floors == [pytest.approx(expected, rel=1e-6)] and used == engine.floors[0], nu_z
+        assert (note is not None) == (expected < 0.5) and (note is None or "lowered from 0.5" in note)

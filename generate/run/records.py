@@ -428,6 +428,9 @@ def audit_columns(material_id: str, settings: GeneratorSettings, cell, model, ma
 
 
 RAISED_FLOORS_THZ = (1.0, 2.0)  # stabilization floors tried when the configured one throws atoms onto each other
+# A real harmonic mode softer than the floor is lowered to no floor above this fraction of it (it may soften by half
+# before being held), never below LOWEST_FLOOR_THZ (a Gaussian that wide leaves the potential's domain).
+FLOOR_FRACTION, LOWEST_FLOOR_THZ = 0.5, 0.1
 
 
 def sscha_with_floor(engine, cell, model, matrix, per_temperature: list, harmonic) -> tuple[list, float, str | None]:
@@ -439,10 +442,23 @@ def sscha_with_floor(engine, cell, model, matrix, per_temperature: list, harmoni
     configurations overlap atoms: the Gaussian ansatz has left its domain, not the crystal. A higher
     floor bounds the amplitude (4× smaller variance per doubling); the rows then say the floor was
     raised, and any mode that ends at it is flagged. Returns (results, floor used, status note or None).
+
+    A *real* harmonic mode softer than the floor is another matter: held at the floor from the start, it reads as an
+    instability the crystal does not have (layered CaI2: four stable 0.33 THz modes held at 0.5 THz at every
+    temperature). The floor starts at no more than :data:`FLOOR_FRACTION` of the softest real mode.
     """
     from thermobench.potentials import OverlappingAtomsError
 
-    floor = float(per_temperature[0].min_frequency_THz)
+    configured = floor = float(per_temperature[0].min_frequency_THz)
+    notes = []
+    if cell is not None and harmonic is not None:
+        from generate.sscha.supercell import softest_real_mode_THz, supercell_model
+
+        softest = softest_real_mode_THz(supercell_model(cell, matrix, per_temperature[0]), harmonic[0])
+        floor = max(min(floor, FLOOR_FRACTION * softest), min(floor, LOWEST_FLOOR_THZ))
+        if floor < configured:
+            notes.append(f"stabilization floor lowered from {configured} to {floor:.3g} THz, {FLOOR_FRACTION:g} of the "
+                         f"softest real harmonic mode ({softest:.3g} THz)")
     last = None
     for used in (floor, *(f for f in RAISED_FLOORS_THZ if f > floor)):
         settings = [replace(s, min_frequency_THz=used) for s in per_temperature]
@@ -451,9 +467,10 @@ def sscha_with_floor(engine, cell, model, matrix, per_temperature: list, harmoni
         except OverlappingAtomsError as error:
             last = error
             continue
-        note = None if last is None else (f"stabilization floor raised from {floor} to {used} THz: with a lower one an "
-                                          f"ensemble overlapped atoms ({last})")
-        return results, used, note
+        if last is not None:
+            notes.append(f"stabilization floor raised from {floor:.3g} to {used} THz: with a lower one an ensemble "
+                         f"overlapped atoms ({last})")
+        return results, used, "; ".join(notes) or None
     raise last
 
 

@@ -205,6 +205,14 @@ def stabilize(model: SupercellModel, dynamical: np.ndarray, min_frequency_THz: f
     return dynamical + (vectors * (new_values - values)) @ vectors.T, int(lifted.sum())
 
 
+def softest_real_mode_THz(model: SupercellModel, fc: np.ndarray) -> float:
+    """The lowest real frequency among the sampled modes of a supercell FC2, (N, N, 3, 3) in phonopy's order
+    (translations left out with the acoustic sum rule); inf where every mode is imaginary."""
+    values, _ = eigen(model, to_matrix(fc) / np.outer(model.sqrt_masses, model.sqrt_masses))
+    real = values[values > 0]
+    return float(np.sqrt(real.min()) * THZ_PER_OMEGA) if real.size else np.inf
+
+
 def gaussian_modes(model: SupercellModel, dynamical: np.ndarray, settings: SSCHASettings) -> Modes:
     values, vectors = eigen(model, dynamical)
     omega = np.sqrt(np.maximum(values, 1e-12))

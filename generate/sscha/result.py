@@ -24,7 +24,8 @@ class SSCHASettings:
     frequency_error_target_THz: float | None = 0.05  # also require this stochastic error, growing ensembles
     relax_centroids: bool = True
     acoustic_sum_rule: bool = True  # off for on-site model potentials, see SupercellModel
-    min_frequency_THz: float = 0.5  # stabilization floor for non-acoustic modes
+    min_frequency_THz: float = 0.5  # stabilization floor for non-acoustic modes (the generator starts it no higher
+    # than half the softest real harmonic mode: generate.run.records.sscha_with_floor)
     displacement_A: float = 0.01  # finite displacement of the harmonic force constants
     symprec: float = 1e-5
     primitive_matrix: str | tuple | None = "auto"

@@ -584,6 +584,26 @@ def test_direct_sscha_with_held_modes_stops_when_its_free_gradient_stalls(monkey
     assert [step.new_ensemble for step in result.history] == [True] * (1 + direct.STALLED_ENSEMBLES)
 
 
+def test_direct_sscha_with_held_modes_stops_after_its_ensemble_cap(monkeypatch):
+    """The crystal above, with a free gradient that keeps creeping down but never reaches its noise (as SrO2's
+    at 100 K: 48 fresh ensembles): the held run stops after MAX_HELD_ENSEMBLES fresh ensembles, a bound, and says so."""
+    from generate.sscha import direct
+
+    atoms, k, lam, temperature_K, floor = held_z_crystal()
+    settings = SSCHASettings(temperature_K=temperature_K, **ONSITE, min_frequency_THz=floor, ess_threshold=1.0)
+    calls, exact = [], direct.free_gradient
+
+    def creeping(*args):
+        calls.append(1)
+        return 1e3 / len(calls), exact(*args)[1]
+
+    monkeypatch.setattr(direct, "free_gradient", creeping)
+    result = run_sscha(atoms, OnSiteQuartic(onsite_model_reference(atoms), k, lam), SUPERCELL, settings)
+    assert not result.converged
+    assert result.status.startswith("stopped with 8 modes held at the stabilization floor"), result.status
+    assert [step.new_ensemble for step in result.history] == [True] * direct.MAX_HELD_ENSEMBLES
+
+
 def test_a_held_surrogate_result_rejected_for_its_correction_is_kept_as_a_bound(monkeypatch):
     """A surrogate result with modes held at the floor, rejected only because its verified correction did
     not converge, is kept (the direct engine holds the same modes): not converged, that correction in

@@ -31,14 +31,17 @@ COMBINATIONS = {
 
 
 def dataset_force_constants(phonon, forces: np.ndarray) -> np.ndarray:
-    """(3N, 3N) FC2 of ``phonon``'s displacement dataset with ``forces`` in place of its own (phonopy's solver)."""
+    """(3N, 3N) FC2 of ``phonon``'s displacement dataset with ``forces`` in place of its own (phonopy's solver for
+    single displacements, symfc for random ones: some phonondb sets are of the second kind)."""
     from phonopy import Phonopy
+
+    from generate.harmonic.dft_data import produce_force_constants
 
     copy = Phonopy(phonon.unitcell, supercell_matrix=phonon.supercell_matrix, primitive_matrix=phonon.primitive_matrix,
                    symprec=phonon.symmetry.tolerance, log_level=0)
     copy.dataset = phonon.dataset
     copy.forces = np.asarray(forces, float)
-    copy.produce_force_constants()
+    produce_force_constants(copy, full=True)
     fc = np.asarray(copy.force_constants)
     n = fc.shape[0]
     return fc.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)

@@ -328,7 +328,8 @@ def run_sscha(
     n_configurations = settings.n_configurations
     ensemble, history, stats = None, [], None
     converged, status = False, None  # status: set where the loop stops early
-    best_free_norm, stalled, held_ensembles = np.inf, 0, 0  # (fresh ensembles in a row without a lower free gradient)
+    # stalled: fresh ensembles in a row without a lower free gradient; held_ensembles: fresh ensembles with modes held
+    best_free_norm, stalled, held_ensembles = np.inf, 0, 0
     # Noise that Φ carries from the ensemble that last moved it: its gradient error, its per-mode
     # frequency errors and its size. The harmonic start carries none.
     carried_error, carried_frequency_errors, carried_size = 0.0, None, 0

@@ -20,12 +20,9 @@ from ase import Atoms
 def supercell_phonopy(cell: Atoms, supercell_matrix, primitive_matrix, symprec: float, force_constants: np.ndarray):
     """A phonopy object of ``cell`` in ``supercell_matrix`` holding ``force_constants`` (e.g. the
     SSCHA correction Φ_SSCHA - Φ_harm of the small supercell)."""
-    from phonopy import Phonopy
+    from generate.harmonic.phonons import new_phonopy, to_phonopy_atoms
 
-    from generate.harmonic.phonons import to_phonopy_atoms
-
-    phonon = Phonopy(to_phonopy_atoms(cell), supercell_matrix=np.asarray(supercell_matrix),
-                     primitive_matrix=np.asarray(primitive_matrix), symprec=symprec)
+    phonon = new_phonopy(to_phonopy_atoms(cell), supercell_matrix, primitive_matrix, symprec)
     phonon.force_constants = force_constants
     return phonon
 

@@ -6,6 +6,7 @@ any ASE calculator). FC2 can also be taken from the potential's analytic Hessian
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,6 +142,35 @@ def to_phonopy_atoms(atoms: Atoms):
     )
 
 
+_FRESH_PHONOPY: OrderedDict = OrderedDict()  # construction key -> a phonopy object never handed out
+_FRESH_PHONOPY_SIZE = 8
+
+
+def new_phonopy(unitcell, supercell_matrix, primitive_matrix, symprec: float):
+    """``phonopy.Phonopy(unitcell, supercell_matrix, primitive_matrix, symprec)``, a fresh object each call.
+
+    Its constructor searches the supercell's symmetry and atomic permutations (~1 s at 128 atoms), and one
+    material builds the same supercell about ten times (harmonic reference, SSCHA, floor, embedding,
+    modes, classical σᴬ); a deep copy of the first costs ~2 ms and is as independent as a new one."""
+    import copy
+
+    from phonopy import Phonopy
+
+    matrix = np.asarray(supercell_matrix, dtype=int)
+    primitive = primitive_matrix if isinstance(primitive_matrix, str) or primitive_matrix is None else np.asarray(
+        primitive_matrix, dtype=float)
+    key = (np.asarray(unitcell.cell, float).tobytes(), np.asarray(unitcell.scaled_positions, float).tobytes(),
+           tuple(unitcell.symbols), np.asarray(unitcell.masses, float).tobytes(), matrix.shape, matrix.tobytes(),
+           primitive if isinstance(primitive, str) or primitive is None else (primitive.shape, primitive.tobytes()),
+           float(symprec))
+    if key not in _FRESH_PHONOPY:
+        _FRESH_PHONOPY[key] = Phonopy(unitcell, supercell_matrix=matrix, primitive_matrix=primitive, symprec=symprec)
+        while len(_FRESH_PHONOPY) > _FRESH_PHONOPY_SIZE:
+            _FRESH_PHONOPY.popitem(last=False)
+    _FRESH_PHONOPY.move_to_end(key)
+    return copy.deepcopy(_FRESH_PHONOPY[key])
+
+
 def explicit_primitive_matrix(unitcell, primitive, symprec: float) -> np.ndarray:
     """The primitive matrix as numbers: "auto" resolved by phonopy from the symmetry of ``unitcell``.
 
@@ -159,8 +189,6 @@ def to_ase_atoms(cell) -> Atoms:
 
 def build_phonopy(atoms: Atoms, settings: HarmonicSettings):
     """A phonopy object for ``atoms`` with the configured supercell and primitive cell."""
-    from phonopy import Phonopy
-
     if settings.supercell_matrix is not None:
         matrix = np.array(settings.supercell_matrix)
         matrix = np.diag(matrix) if matrix.ndim == 1 else matrix
@@ -172,7 +200,7 @@ def build_phonopy(atoms: Atoms, settings: HarmonicSettings):
         matrix = supercell_matrix_for_min_length(atoms, settings.supercell_min_length_A)
     unitcell = to_phonopy_atoms(atoms)
     primitive = explicit_primitive_matrix(unitcell, settings.primitive_matrix, settings.symprec)
-    return Phonopy(unitcell, supercell_matrix=matrix, primitive_matrix=primitive, symprec=settings.symprec)
+    return new_phonopy(unitcell, matrix, primitive, settings.symprec)
 
 
 def displaced_supercell_forces(phonon, model) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 
-from generate.harmonic.phonons import explicit_primitive_matrix, to_phonopy_atoms
+from generate.harmonic.phonons import explicit_primitive_matrix, new_phonopy, to_phonopy_atoms
 from generate.sscha.result import SSCHASettings, UnstableMode
 from generate.sscha.symmetry import SpaceGroupAverage
 
@@ -45,14 +45,11 @@ class SupercellModel:
 
 
 def supercell_model(atoms: Atoms, supercell_matrix, settings: SSCHASettings) -> SupercellModel:
-    from phonopy import Phonopy
-    from phonopy.structure.symmetry import Symmetry
-
     matrix = np.array(supercell_matrix, dtype=int)
     matrix = np.diag(matrix) if matrix.ndim == 1 else matrix
     unitcell = to_phonopy_atoms(atoms)
     primitive = explicit_primitive_matrix(unitcell, settings.primitive_matrix, settings.symprec)
-    phonon = Phonopy(unitcell, supercell_matrix=matrix, primitive_matrix=primitive, symprec=settings.symprec)
+    phonon = new_phonopy(unitcell, matrix, primitive, settings.symprec)
     cell = phonon.supercell
     supercell = Atoms(cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, masses=cell.masses, pbc=True)
     sqrt_masses = np.repeat(np.sqrt(cell.masses), 3)
@@ -65,7 +62,7 @@ def supercell_model(atoms: Atoms, supercell_matrix, settings: SSCHASettings) -> 
         basis = u[:, 3:]
     else:
         basis = np.eye(3 * len(supercell))
-    symmetry = Symmetry(cell, symprec=settings.symprec)
+    symmetry = phonon.symmetry  # the supercell's, with the same tolerance: searching it again doubled the cost
     return SupercellModel(
         phonon=phonon,
         atoms=supercell,

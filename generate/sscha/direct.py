@@ -175,9 +175,22 @@ def mode_frequency_errors_THz(modes: Modes, batch_gradients: np.ndarray, batch_w
 def symmetrize_mass_weighted(model: SupercellModel, matrix: np.ndarray) -> np.ndarray:
     """Symmetrize a mass-weighted matrix (space-group operations only map atoms of equal mass)."""
     m = model.sqrt_masses
-    projector = model.basis @ model.basis.T
-    sym = symmetrize_matrix(model, projector @ matrix @ projector * np.outer(m, m), sum_rule=False)
-    return projector @ (sym / np.outer(m, m)) @ projector
+    sym = symmetrize_matrix(model, sampled_part(model, matrix) * np.outer(m, m), sum_rule=False)
+    return sampled_part(model, sym / np.outer(m, m))
+
+
+def sampled_part(model: SupercellModel, matrix: np.ndarray) -> np.ndarray:
+    """P M P with P = B Bᵀ the projector on the sampled modes (B: ``model.basis``), as the rank-3 update
+    P = 1 − t tᵀ (t: the mass-weighted translations) where the sum rule holds: O(N²), not two O(N³) products."""
+    if not model.acoustic_sum_rule:
+        projector = model.basis @ model.basis.T
+        return projector @ matrix @ projector
+    t = np.zeros((len(model.sqrt_masses), 3))
+    for alpha in range(3):
+        t[alpha::3, alpha] = model.sqrt_masses[alpha::3]
+    t /= np.linalg.norm(t, axis=0)
+    left = matrix - t @ (t.T @ matrix)  # P M
+    return left - (left @ t) @ t.T  # P M P
 
 
 def preconditioned_step(model, dynamical, harmonic_dynamical, gradient, settings) -> np.ndarray:

@@ -33,12 +33,10 @@ COMBINATIONS = {
 def dataset_force_constants(phonon, forces: np.ndarray) -> np.ndarray:
     """(3N, 3N) FC2 of ``phonon``'s displacement dataset with ``forces`` in place of its own (phonopy's solver for
     single displacements, symfc for random ones: some phonondb sets are of the second kind)."""
-    from phonopy import Phonopy
-
     from generate.harmonic.dft_data import produce_force_constants
+    from generate.harmonic.fidelity import same_setup_phonopy
 
-    copy = Phonopy(phonon.unitcell, supercell_matrix=phonon.supercell_matrix, primitive_matrix=phonon.primitive_matrix,
-                   symprec=phonon.symmetry.tolerance, log_level=0)
+    copy = same_setup_phonopy(phonon, phonon.unitcell)
     copy.dataset = phonon.dataset
     copy.forces = np.asarray(forces, float)
     produce_force_constants(copy, full=True)

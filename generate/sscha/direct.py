@@ -21,6 +21,7 @@ from generate.sscha.supercell import (
     gaussian_modes,
     harmonic_force_constants,
     harmonic_free_energy_eV,
+    mass_weighted_translations,
     stabilize,
     supercell_model,
     symmetrize_matrix,
@@ -185,10 +186,7 @@ def sampled_part(model: SupercellModel, matrix: np.ndarray) -> np.ndarray:
     if not model.acoustic_sum_rule:
         projector = model.basis @ model.basis.T
         return projector @ matrix @ projector
-    t = np.zeros((len(model.sqrt_masses), 3))
-    for alpha in range(3):
-        t[alpha::3, alpha] = model.sqrt_masses[alpha::3]
-    t /= np.linalg.norm(t, axis=0)
+    t = mass_weighted_translations(model.sqrt_masses)
     left = matrix - t @ (t.T @ matrix)  # P M
     return left - (left @ t) @ t.T  # P M P
 

@@ -44,6 +44,14 @@ class SupercellModel:
         return len(self.atoms)
 
 
+def mass_weighted_translations(sqrt_masses: np.ndarray) -> np.ndarray:
+    """(3N, 3) orthonormal columns: the three rigid translations in mass-weighted coordinates."""
+    translations = np.zeros((len(sqrt_masses), 3))
+    for alpha in range(3):
+        translations[alpha::3, alpha] = sqrt_masses[alpha::3]
+    return translations / np.linalg.norm(translations, axis=0)
+
+
 def supercell_model(atoms: Atoms, supercell_matrix, settings: SSCHASettings) -> SupercellModel:
     matrix = np.array(supercell_matrix, dtype=int)
     matrix = np.diag(matrix) if matrix.ndim == 1 else matrix
@@ -54,11 +62,8 @@ def supercell_model(atoms: Atoms, supercell_matrix, settings: SSCHASettings) -> 
     supercell = Atoms(cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, masses=cell.masses, pbc=True)
     sqrt_masses = np.repeat(np.sqrt(cell.masses), 3)
     if settings.acoustic_sum_rule:
-        translations = np.zeros((3 * len(supercell), 3))
-        for alpha in range(3):
-            translations[alpha::3, alpha] = sqrt_masses[alpha::3]
         # Columns of U beyond the first three span the complement of the mass-weighted translations.
-        u, _, _ = np.linalg.svd(translations / np.linalg.norm(translations, axis=0), full_matrices=True)
+        u, _, _ = np.linalg.svd(mass_weighted_translations(sqrt_masses), full_matrices=True)
         basis = u[:, 3:]
     else:
         basis = np.eye(3 * len(supercell))
